@@ -1,0 +1,133 @@
+"""Test harness: one spec, three implementations.
+
+Every spec in ``specs/test_<component>.py`` declares ``COMPONENT = "<component>"`` and asks for
+the ``impl`` fixture. ``impl`` is the module ``<package>.<component>`` of one implementation:
+
+* ``reference`` and ``solutions`` in the default run (``pytest``);
+* ``exercises`` for the thin files in ``exercises/`` (``pytest exercises``);
+* whatever ``--impl`` names, when given (repeatable).
+
+``--mutant MODULE:NAME`` patches a deliberately broken variant into the implementation; the
+project's own tests use it to prove that the specs catch classic bugs (see ``tests/mutants``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parent
+IMPLEMENTATIONS = ("reference", "solutions", "exercises")
+
+# Hypothesis: a derandomized, bounded profile for CI and the default run; "dev" explores more.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=30,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llm-from-scratch")
+    group.addoption(
+        "--impl",
+        action="append",
+        choices=IMPLEMENTATIONS,
+        help="run the specs against this implementation (repeatable). Default: 'exercises' for "
+        "files under exercises/, else 'reference' and 'solutions'.",
+    )
+    group.addoption(
+        "--mutant",
+        metavar="MODULE:NAME",
+        help="patch the broken variant NAME from MODULE's MUTANTS dict into the implementation",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "impl" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("impl")
+    if not chosen:
+        under_exercises = (ROOT / "exercises") in Path(metafunc.definition.path).parents
+        chosen = ["exercises"] if under_exercises else ["reference", "solutions"]
+    metafunc.parametrize("impl", chosen, indirect=True, scope="module")
+
+
+def _component(request: pytest.FixtureRequest) -> str:
+    component = getattr(request.module, "COMPONENT", None)
+    if not isinstance(component, str):
+        raise pytest.UsageError(f"{request.module.__name__} uses `impl` but sets no COMPONENT")
+    return component
+
+
+@pytest.fixture(scope="module")
+def impl(request: pytest.FixtureRequest) -> Any:
+    """The module ``<implementation>.<COMPONENT>`` the spec runs against."""
+    module: ModuleType = importlib.import_module(f"{request.param}.{_component(request)}")
+    mutant = request.config.getoption("mutant")
+    if not mutant:
+        yield module
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        for dotted, replacement in _load_mutant(mutant).items():
+            owner: Any = module
+            *path, attr = dotted.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            mp.setattr(owner, attr, replacement)
+        yield module
+
+
+def _load_mutant(spec: str) -> dict[str, Any]:
+    module_name, _, name = spec.partition(":")
+    mutants = importlib.import_module(module_name).MUTANTS
+    if name not in mutants:
+        raise pytest.UsageError(f"no mutant {name!r} in {module_name}; known: {sorted(mutants)}")
+    patches: dict[str, Any] = mutants[name]
+    return patches
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """For learners: a stub that is not filled in yet reports one line, not a traceback."""
+    report = yield
+    callspec = getattr(item, "callspec", None)
+    on_exercises = callspec is not None and callspec.params.get("impl") == "exercises"
+    if (
+        on_exercises
+        and report.failed
+        and call.excinfo is not None
+        and call.excinfo.errisinstance(NotImplementedError)
+    ):
+        report.longrepr = f"NotImplementedError: {call.excinfo.value}"
+    return report
+
+
+def data_dir() -> Path:
+    """Where the shared test data lives: ``$LLMFS_DATA``, else ``../shared/data``."""
+    return Path(os.environ.get("LLMFS_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder; a missing file fails under CI and skips elsewhere."""
+    path = data_dir()
+    expected = [path / "tinyshakespeare" / "input.txt", path / "gpt2" / "gpt2.tiktoken"]
+    missing = [str(p) for p in expected if not p.is_file()]
+    if missing:
+        message = f"shared test data missing: {missing}; set LLMFS_DATA to the folder that has them"
+        if os.environ.get("CI") or os.environ.get("LLMFS_REQUIRE_DATA"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

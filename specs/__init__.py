@@ -1,0 +1,1 @@
+"""Executable specs: one file per component, run against exercises, solutions and reference."""
