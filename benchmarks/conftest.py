@@ -61,6 +61,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                     f"  {bench.stats.median / peer.stats.median:6.2f}x the time of "
                     f"{peer.extra_info.get('impl', peer.name)}"
                 )
-            figures = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in extra.items())
+            figures = "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
+            )
             write(f"  {who:<24} {bench.stats.median * 1e3:10.3f} ms{ratio}  {figures}")

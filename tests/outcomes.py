@@ -59,11 +59,26 @@ def run_specs(args: list[str], tmp_path: Path) -> tuple[int, dict[str, Outcome]]
     """Run pytest with ``args`` in a subprocess; return its exit code and outcome per test id."""
     out = tmp_path / "outcomes.json"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "pytest", "-p", "tests.outcomes", f"--outcomes-json={out}",
-           "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "tests.outcomes",
+        f"--outcomes-json={out}",
+        "-q",
+        "--no-header",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if not out.exists():
-        raise AssertionError(f"pytest wrote no outcomes (exit {proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"pytest wrote no outcomes (exit {proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     raw = json.loads(out.read_text())
     return proc.returncode, {k: Outcome(**v) for k, v in raw.items()}

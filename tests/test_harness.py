@@ -106,7 +106,9 @@ def test_each_spec_is_marked_with_its_registered_component() -> None:
     for path in sorted((ROOT / "specs").glob("test_*.py")):
         module = importlib.import_module(f"specs.{path.stem}")
         component = path.stem.removeprefix("test_")
-        assert module.COMPONENT == component, path
+        assert component == module.COMPONENT, path
         assert component in registered, f"register the marker {component!r} in pyproject.toml"
         marks = module.pytestmark if isinstance(module.pytestmark, list) else [module.pytestmark]
-        assert component in {m.name for m in marks}, f"{path}: set pytestmark = pytest.mark.{component}"
+        assert component in {m.name for m in marks}, (
+            f"{path}: set pytestmark = pytest.mark.{component}"
+        )

@@ -27,8 +27,12 @@ def _mutants() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("component", "mutant"), _mutants())
 def test_spec_catches_mutant(component: str, mutant: str, tmp_path: Path) -> None:
     code, outcomes = run_specs(
-        [f"specs/test_{component}.py", "--impl=solutions", f"--mutant=tests.mutants.{component}:{mutant}",
-         "-x"],
+        [
+            f"specs/test_{component}.py",
+            "--impl=solutions",
+            f"--mutant=tests.mutants.{component}:{mutant}",
+            "-x",
+        ],
         tmp_path,
     )
     failed = [k for k, o in outcomes.items() if o.outcome == "failed"]
