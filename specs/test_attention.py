@@ -1,0 +1,465 @@
+"""Spec: attention (issue 2): softmax, scaled dot-product, multi-head and causal self-attention.
+
+Oracles: ``torch.softmax``, ``torch.nn.functional.scaled_dot_product_attention`` (also with
+``v = I`` to read off its weights, and its own ``is_causal``), ``torch.nn.MultiheadAttention``
+given the same weights, numbers worked out by hand, and, for GPT-2's block, one assembled from
+torch ops (``F.linear`` + torch's causal SDPA). Causality is also checked as a property.
+
+Tolerances (absolute, rtol 0), from the issue: 1e-5 in float32, 1e-10 in float64. Inputs are
+O(1), so this is about a hundred float32 ulps and far above float64 rounding: an honest
+implementation passes, any real mistake (a missing scale, a wrong axis) misses by 1e-2 or more.
+
+Conventions: mask ``True`` = may attend (torch SDPA's); ``is_causal`` lets query i see key j iff
+j <= i (top-left aligned, as torch's). A query that may see no key gets all-zero weights, so its
+attention output is 0 (this spec checks that separately; older torch versions give NaN there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor
+
+COMPONENT = "attention"
+pytestmark = pytest.mark.attention
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+SIGMA_2 = math.exp(2) / (math.exp(2) + 1)  # softmax([2, 0])[0] = 0.8807970779778823
+
+
+def assert_close(actual: Tensor, expected: Tensor, what: str) -> None:
+    tol = TOL[expected.dtype]
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    )
+    assert actual.dtype == expected.dtype, (
+        f"{what}: dtype {actual.dtype}, expected {expected.dtype}"
+    )
+    torch.testing.assert_close(
+        actual, expected, atol=tol, rtol=0, equal_nan=False,
+        msg=lambda m: f"{what} differs from the oracle beyond atol={tol}:\n{m}",
+    )
+
+
+def visible_keys(
+    t_q: int, t_k: int, mask: Tensor | None, is_causal: bool, batch: tuple[int, ...]
+) -> Tensor:
+    """(*batch, Tq, Tk) bool: which keys each query may see (True = may attend)."""
+    visible = torch.ones(*batch, t_q, t_k, dtype=torch.bool)
+    if is_causal:
+        visible &= torch.ones(t_q, t_k, dtype=torch.bool).tril()  # j <= i
+    if mask is not None:
+        visible &= mask
+    return visible
+
+
+def torch_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+    """torch's SDPA, with rows that see no key set to the documented 0 (older torch: NaN)."""
+    if mask is None:
+        # torch's own is_causal: checks our top-left alignment, not a mask written here.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    batch = tuple(q.shape[:-2])
+    visible = visible_keys(q.size(-2), k.size(-2), mask, is_causal, batch)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    return out.masked_fill(~visible.any(-1, keepdim=True), 0.0)
+
+
+@dataclass
+class SdpaCase:
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    mask: Tensor | None
+    is_causal: bool
+
+    def __repr__(self) -> str:
+        mask = None if self.mask is None else tuple(self.mask.shape)
+        return (f"SdpaCase(q={tuple(self.q.shape)}, k={tuple(self.k.shape)}, "
+                f"v={tuple(self.v.shape)}, mask={mask}, is_causal={self.is_causal}, "
+                f"dtype={self.q.dtype})")
+
+
+@st.composite
+def sdpa_cases(draw: Any) -> SdpaCase:
+    """q, k, v with 0–3 leading batch dims, Tq ≠ Tk allowed, an optional (broadcast) mask."""
+    dtype = draw(DTYPES)
+    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=3)))
+    t_q, t_k = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    d, d_v = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    scale = draw(st.sampled_from([0.3, 1.0, 2.0]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    q = torch.randn(*batch, t_q, d, generator=g, dtype=dtype) * scale
+    k = torch.randn(*batch, t_k, d, generator=g, dtype=dtype) * scale
+    v = torch.randn(*batch, t_k, d_v, generator=g, dtype=dtype)
+    mask_shape = draw(st.sampled_from([None, (*batch, t_q, t_k), (t_q, t_k), (1, t_k)]))
+    mask = None
+    if mask_shape is not None:
+        mask = torch.rand(mask_shape, generator=g) < draw(st.sampled_from([0.5, 0.8]))
+    return SdpaCase(q, k, v, mask, draw(st.booleans()))
+
+
+def _random_mha(e: int, n_head: int, dtype: torch.dtype, g: torch.Generator) -> Any:
+    mha = torch.nn.MultiheadAttention(e, n_head, batch_first=True, dtype=dtype).eval()
+    with torch.no_grad():  # random biases too: the default zero init would hide a missing bias
+        for p in mha.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.5)
+    return mha
+
+
+def check_mha_against_torch(
+    impl: Any, dtype: torch.dtype, b: int, t_q: int, t_k: int, n_head: int, hs: int,
+    self_attention: bool, mask_kind: str, seed: int,
+) -> None:
+    """Same weights as nn.MultiheadAttention(batch_first=True); its masks are True = NOT allowed."""
+    e = n_head * hs
+    g = torch.Generator().manual_seed(seed)
+    mha = _random_mha(e, n_head, dtype, g)
+    query = torch.randn(b, t_q, e, generator=g, dtype=dtype)
+    if self_attention:  # the same tensor three times (the reference fuses the projections)
+        t_k, key, value = t_q, query, query
+    else:
+        key, value = (torch.randn(b, t_k, e, generator=g, dtype=dtype) for _ in range(2))
+    mask, torch_kwargs = None, {}  # ours: True = may attend; torch's: True = masked out
+    if mask_kind == "attn":
+        mask = torch.rand(t_q, t_k, generator=g) < 0.7
+        torch_kwargs = {"attn_mask": ~mask}
+    elif mask_kind == "padding":
+        keep = torch.rand(b, t_k, generator=g) < 0.7
+        mask = keep[:, None, None, :]  # (B, 1, 1, Tk): broadcast over heads and queries
+        torch_kwargs = {"key_padding_mask": ~keep}
+    elif mask_kind == "causal":
+        torch_kwargs = {"attn_mask": ~torch.ones(t_q, t_k, dtype=torch.bool).tril()}
+
+    actual = impl.multi_head_attention(
+        query, key, value, mha.in_proj_weight.detach(), mha.in_proj_bias.detach(),
+        mha.out_proj.weight.detach(), mha.out_proj.bias.detach(), n_head,
+        mask=mask, is_causal=mask_kind == "causal",
+    )
+    with torch.no_grad():
+        expected, _ = mha(query, key, value, need_weights=False, **torch_kwargs)
+    what = (f"multi_head_attention(B={b}, Tq={t_q}, Tk={t_k}, nh={n_head}, hs={hs}, "
+            f"self={self_attention}, mask={mask_kind}, {dtype})")
+    rows = torch.ones(b, n_head, t_q, t_k, dtype=torch.bool)  # which queries see some key
+    if mask is not None:
+        rows = rows & mask
+    if mask_kind == "causal":
+        rows = rows & torch.ones(t_q, t_k, dtype=torch.bool).tril()
+    live = rows.any(-1)[:, 0]  # (B, Tq)
+    assert_close(actual[live], expected[live], what)
+    # A query that sees no key attends to nothing: its output is the output projection's bias.
+    bias = mha.out_proj.bias.detach().expand(int((~live).sum()), e)
+    assert_close(actual[~live], bias, f"{what}, fully masked queries")
+
+
+def gpt2_weights(c: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, ...]:
+    """c_attn (3C, C), its bias, c_proj (C, C), its bias: nn.Linear layout, random."""
+    shapes = [(3 * c, c), (3 * c,), (c, c), (c,)]
+    return tuple(torch.randn(s, generator=g, dtype=dtype) * 0.5 for s in shapes)
+
+
+def torch_causal_self_attention(x: Tensor, weights: tuple[Tensor, ...], n_head: int) -> Tensor:
+    """The oracle from torch ops: F.linear, torch's causal SDPA, F.linear."""
+    c_attn_w, c_attn_b, c_proj_w, c_proj_b = weights
+    b, t, c = x.shape
+    q, k, v = (p.view(b, t, n_head, c // n_head).transpose(1, 2)  # (B, nh, T, hs)
+               for p in F.linear(x, c_attn_w, c_attn_b).chunk(3, dim=-1))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).flatten(-2)
+    return F.linear(y, c_proj_w, c_proj_b)
+
+
+def check_causal_self_attention_against_torch(
+    impl: Any, dtype: torch.dtype, b: int, t: int, n_head: int, hs: int, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    c = n_head * hs
+    x = torch.randn(b, t, c, generator=g, dtype=dtype)
+    weights = gpt2_weights(c, dtype, g)
+    assert_close(impl.causal_self_attention(x, *weights, n_head),
+                 torch_causal_self_attention(x, weights, n_head),
+                 f"causal_self_attention(B={b}, T={t}, nh={n_head}, hs={hs}, {dtype})")
+
+
+# --- exact: hand-worked numbers and fixed cases ----------------------------------------------
+# These come first: with -x (as tests/test_mutants.py runs) most bugs stop the run here, in
+# a second, before any hypothesis search and shrinking.
+
+
+def test_softmax_large_logits_do_not_overflow(impl: Any) -> None:
+    """exp(1e4) overflows float32: a stable softmax subtracts the max first."""
+    x = torch.tensor([[1e4, 1e4 - 1, 1e4 - 2], [-1e4, -1e4 + 1, -1e4 + 2]], dtype=torch.float32)
+    out = impl.softmax(x)
+    assert torch.isfinite(out).all(), f"softmax overflowed at logits ±1e4 (subtract the max): {out}"
+    z = 1 + math.exp(-1) + math.exp(-2)  # by hand: softmax([0, -1, -2])
+    by_hand = torch.tensor([[1 / z, math.exp(-1) / z, math.exp(-2) / z],
+                            [math.exp(-2) / z, math.exp(-1) / z, 1 / z]])
+    assert_close(out, by_hand, "softmax at logits ±1e4 vs hand-worked values")
+    assert_close(out, torch.softmax(x, dim=-1), "softmax at logits ±1e4 vs torch.softmax")
+
+
+def test_softmax_of_all_minus_inf_is_zeros(impl: Any) -> None:
+    """The defined result for a fully masked row: zeros, not NaN; -inf entries weigh 0."""
+    inf = math.inf
+    x = torch.tensor([[-inf, -inf, -inf], [0.0, -inf, 0.0]])
+    out = impl.softmax(x)
+    assert not out.isnan().any(), f"softmax of an all -inf row must be zeros, got NaN: {out}"
+    want = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+    assert torch.equal(out, want), f"softmax(x) = {out}, want {want}"
+    out = impl.softmax(x, dim=0)  # columns: [-inf, 0] -> [0, 1]; [-inf, -inf] -> [0, 0]
+    want = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    assert torch.equal(out, want), f"softmax(x, dim=0) = {out}, want {want}"
+
+
+def test_attention_hand_worked_example(impl: Any) -> None:
+    """d = 4 (scale 1/2): q = [1,1,1,1] twice, k = [1,1,1,1], [0,0,0,0] -> logits [2, 0].
+
+    Without a mask both queries weigh the keys softmax([2, 0]) = [σ, 1-σ], σ = e²/(e²+1)
+    = 0.880797...; causal, query 0 sees key 0 only: [1, 0]. With v = [[1, 0], [0, 1]] the
+    output equals the weights. (No scale: softmax([4, 0]) = [0.982, 0.018]; 1/d: [0.731, 0.269].)
+    """
+    f64 = torch.float64
+    q = torch.ones(2, 4, dtype=f64)
+    k = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]], dtype=f64)
+    v = torch.eye(2, dtype=f64)
+    full = torch.tensor([[SIGMA_2, 1 - SIGMA_2], [SIGMA_2, 1 - SIGMA_2]], dtype=f64)
+    causal = torch.tensor([[1.0, 0.0], [SIGMA_2, 1 - SIGMA_2]], dtype=f64)
+    assert_close(impl.attention_weights(q, k), full, "weights of the hand-worked example")
+    assert_close(impl.attention_weights(q, k, is_causal=True), causal,
+                 "causal weights of the hand-worked example")
+    assert_close(impl.scaled_dot_product_attention(q, k, v, is_causal=True), causal,
+                 "causal output of the hand-worked example (v = I)")
+    only_key_1 = torch.tensor([[False, True], [False, True]])
+    assert_close(impl.scaled_dot_product_attention(q, k, v, mask=only_key_1),
+                 torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=f64),
+                 "hand-worked example with mask True = may attend (only key 1)")
+
+
+def test_attention_large_logits_do_not_overflow(impl: Any) -> None:
+    """d = 1, logits exactly ±1e4, ±9999, ±9998 in float32: finite, as by hand and as torch."""
+    q = torch.tensor([[1.0], [-1.0]])
+    k = torch.tensor([[1e4], [9999.0], [9998.0]])
+    v = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    weights = impl.attention_weights(q, k)
+    assert torch.isfinite(weights).all(), f"attention overflowed at logits 1e4: {weights}"
+    z = 1 + math.exp(-1) + math.exp(-2)
+    by_hand = torch.tensor([[1 / z, math.exp(-1) / z, math.exp(-2) / z],
+                            [math.exp(-2) / z, math.exp(-1) / z, 1 / z]])
+    assert_close(weights, by_hand, "attention weights at logits ±1e4")
+    assert_close(impl.scaled_dot_product_attention(q, k, v),
+                 F.scaled_dot_product_attention(q, k, v), "attention output at logits ±1e4")
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_fully_masked_rows_give_zero_output_and_finite_gradients(
+    impl: Any, is_causal: bool
+) -> None:
+    """A query that may see no key: weights 0, output 0, gradients finite (no NaN poisoning)."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 3, generator=g, dtype=torch.float64).requires_grad_()
+               for _ in range(3))
+    mask = torch.tensor([[False, True, True, True],  # causal: query 0 sees nothing
+                         [False, False, False, False],  # sees nothing at all
+                         [True, False, True, False],
+                         [True, True, True, True]])
+    dead = torch.tensor([is_causal, True, False, False])  # rows with no visible key
+    out = impl.scaled_dot_product_attention(q, k, v, mask, is_causal)
+    weights = impl.attention_weights(q, k, mask, is_causal)
+    assert not out.isnan().any(), f"fully masked rows must give 0, not NaN: {out}"
+    assert torch.equal(out[:, dead], torch.zeros_like(out[:, dead])), \
+        f"rows with no visible key must be exactly 0 (the documented result), got {out[:, dead]}"
+    assert torch.equal(weights[:, dead], torch.zeros_like(weights[:, dead])), weights[:, dead]
+    expected = torch_sdpa(q.detach(), k.detach(), v.detach(), mask, is_causal)
+    assert_close(out.detach()[:, ~dead], expected[:, ~dead], "rows with a visible key")
+    out.backward(torch.randn(out.shape, generator=g, dtype=out.dtype))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        assert t.grad is not None and torch.isfinite(t.grad).all(), \
+            f"gradient of {name} is not finite with fully masked rows: {t.grad}"
+    assert q.grad is not None and torch.equal(q.grad[:, dead], torch.zeros_like(q.grad[:, dead]))
+
+
+def test_attention_validates_its_inputs(impl: Any) -> None:
+    q, k = torch.randn(3, 4), torch.randn(5, 4)
+    impl.attention_weights(q, k, mask=torch.ones(3, 5, dtype=torch.bool))  # valid: bool mask
+    with pytest.raises(TypeError, match="bool"):
+        impl.attention_weights(q, k, mask=torch.ones(3, 5))  # a float mask is ambiguous
+    with pytest.raises(ValueError, match="last dim"):
+        impl.attention_weights(q, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="number of keys"):
+        impl.scaled_dot_product_attention(q, k, torch.randn(4, 2))
+
+
+def test_split_and_merge_heads_hand_made_layout(impl: Any) -> None:
+    """Head h holds channels h*hs:(h+1)*hs of every position, heads before time."""
+    x = torch.arange(8.0).reshape(1, 2, 4)  # (B=1, T=2, C=4)
+    heads = torch.tensor([[[[0.0, 1.0], [4.0, 5.0]],  # head 0: channels 0:2 of t=0, t=1
+                           [[2.0, 3.0], [6.0, 7.0]]]])  # head 1: channels 2:4
+    split = impl.split_heads(x, 2)
+    assert split.shape == (1, 2, 2, 2), (
+        f"split_heads shape {tuple(split.shape)}, want (B, nh, T, hs) = (1, 2, 2, 2)"
+    )
+    assert torch.equal(split, heads), f"split_heads layout is wrong: got {split}, want {heads}"
+    merged = impl.merge_heads(heads)
+    assert torch.equal(merged, x), f"merge_heads layout is wrong: got {merged}, want {x}"
+
+
+def test_split_heads_rejects_indivisible_channels(impl: Any) -> None:
+    impl.split_heads(torch.randn(1, 2, 6), 3)
+    with pytest.raises(ValueError, match="n_head"):
+        impl.split_heads(torch.randn(1, 2, 6), 4)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "b", "t_q", "t_k", "n_head", "hs", "self_attention", "mask_kind"),
+    [
+        (torch.float64, 2, 3, 5, 2, 3, False, "padding"),  # cross-attention, Tq != Tk
+        (torch.float32, 2, 4, 4, 3, 2, True, "causal"),
+    ],
+)
+def test_multi_head_attention_matches_torch_on_fixed_cases(
+    impl: Any, dtype: torch.dtype, b: int, t_q: int, t_k: int, n_head: int, hs: int,
+    self_attention: bool, mask_kind: str,
+) -> None:
+    check_mha_against_torch(impl, dtype, b, t_q, t_k, n_head, hs, self_attention, mask_kind, 0)
+
+
+def test_causal_self_attention_matches_torch_on_a_fixed_case(impl: Any) -> None:
+    check_causal_self_attention_against_torch(impl, torch.float64, 2, 5, 3, 2, seed=0)
+
+
+# --- properties over hypothesis-drawn inputs -------------------------------------------------
+
+
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([0.1, 1.0, 30.0]),
+    data=st.data(),
+)
+def test_softmax_matches_torch_softmax(
+    impl: Any, shape: list[int], dtype: torch.dtype, seed: int, scale: float, data: Any
+) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * scale
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1), label="dim")
+    assert_close(impl.softmax(x, dim=dim), torch.softmax(x, dim=dim), f"softmax(x, dim={dim})")
+
+
+@given(case=sdpa_cases())
+def test_sdpa_matches_torch_sdpa(impl: Any, case: SdpaCase) -> None:
+    """Any leading batch dims, Tq ≠ Tk, masks (full or broadcast), causal flag, both dtypes."""
+    actual = impl.scaled_dot_product_attention(case.q, case.k, case.v, case.mask, case.is_causal)
+    expected = torch_sdpa(case.q, case.k, case.v, case.mask, case.is_causal)
+    assert_close(actual, expected, f"scaled_dot_product_attention on {case}")
+
+
+@given(case=sdpa_cases())
+def test_attention_weights_match_torch_sdpa_with_identity_values(impl: Any, case: SdpaCase) -> None:
+    """SDPA with v = I (Tk × Tk) returns the attention weights themselves."""
+    actual = impl.attention_weights(case.q, case.k, case.mask, case.is_causal)
+    t_k = case.k.size(-2)
+    eye = torch.eye(t_k, dtype=case.q.dtype).expand(*case.k.shape[:-1], t_k)
+    expected = torch_sdpa(case.q, case.k, eye, case.mask, case.is_causal)
+    assert_close(actual, expected, f"attention_weights on {case}")
+
+
+@given(
+    dtype=DTYPES,
+    t_q=st.integers(3, 7),
+    extra_keys=st.integers(-1, 2),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_sdpa_is_causal_later_keys_never_change_earlier_outputs(
+    impl: Any, dtype: torch.dtype, t_q: int, extra_keys: int, seed: int, data: Any
+) -> None:
+    """is_causal: perturbing keys/values after position t leaves outputs at queries ≤ t alone."""
+    t_k = t_q + extra_keys
+    t = data.draw(st.integers(0, min(t_q, t_k) - 2), label="t")
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(2, n, 4, generator=g, dtype=dtype) for n in (t_q, t_k))
+    v = torch.randn(2, t_k, 3, generator=g, dtype=dtype)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, t + 1:] += 5 * torch.randn(k2[:, t + 1:].shape, generator=g, dtype=dtype)
+    v2[:, t + 1:] += 5 * torch.randn(v2[:, t + 1:].shape, generator=g, dtype=dtype)
+    before = impl.scaled_dot_product_attention(q, k, v, is_causal=True)
+    after = impl.scaled_dot_product_attention(q, k2, v2, is_causal=True)
+    torch.testing.assert_close(
+        after[:, : t + 1], before[:, : t + 1], atol=1e-6, rtol=0,
+        msg=lambda m: f"is_causal leaks: changing keys after position {t} changed outputs at "
+        f"positions <= {t}:\n{m}",
+    )
+
+
+@given(
+    b=st.integers(1, 3), t=st.integers(1, 5), n_head=st.integers(1, 4), hs=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_merge_heads_inverts_split_heads(
+    impl: Any, b: int, t: int, n_head: int, hs: int, seed: int
+) -> None:
+    x = torch.randn(b, t, n_head * hs, generator=torch.Generator().manual_seed(seed))
+    heads = impl.split_heads(x, n_head)
+    assert heads.shape == (b, n_head, t, hs)
+    assert torch.equal(impl.merge_heads(heads), x), "merge_heads(split_heads(x)) != x"
+    assert torch.equal(heads[:, -1, :, :], x[:, :, -hs:]), "the last head is not the last channels"
+
+
+@given(
+    dtype=DTYPES,
+    b=st.integers(1, 3),
+    t_q=st.integers(1, 5),
+    t_k=st.integers(1, 5),
+    n_head=st.integers(1, 3),
+    hs=st.integers(1, 4),
+    self_attention=st.booleans(),
+    mask_kind=st.sampled_from(["none", "attn", "padding", "causal"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_multi_head_attention_matches_torch_multiheadattention(
+    impl: Any, dtype: torch.dtype, b: int, t_q: int, t_k: int, n_head: int, hs: int,
+    self_attention: bool, mask_kind: str, seed: int,
+) -> None:
+    check_mha_against_torch(
+        impl, dtype, b, t_q, t_k, n_head, hs, self_attention, mask_kind, seed
+    )
+
+
+@given(
+    dtype=DTYPES, b=st.integers(1, 3), t=st.integers(1, 6), n_head=st.integers(1, 3),
+    hs=st.integers(1, 4), seed=st.integers(0, 2**31 - 1),
+)
+def test_causal_self_attention_matches_torch(
+    impl: Any, dtype: torch.dtype, b: int, t: int, n_head: int, hs: int, seed: int
+) -> None:
+    check_causal_self_attention_against_torch(impl, dtype, b, t, n_head, hs, seed)
+
+
+@given(
+    b=st.integers(1, 2), t_total=st.integers(2, 8), n_head=st.integers(1, 3),
+    hs=st.integers(1, 4), seed=st.integers(0, 2**31 - 1), data=st.data(),
+)
+def test_causal_self_attention_is_causal(
+    impl: Any, b: int, t_total: int, n_head: int, hs: int, seed: int, data: Any
+) -> None:
+    """Perturbing the tokens after position t never changes the outputs at positions ≤ t."""
+    t = data.draw(st.integers(0, t_total - 2), label="t")
+    g = torch.Generator().manual_seed(seed)
+    c = n_head * hs
+    x = torch.randn(b, t_total, c, generator=g)
+    weights = gpt2_weights(c, torch.float32, g)
+    x2 = x.clone()
+    x2[:, t + 1:] += 3 * torch.randn(x2[:, t + 1:].shape, generator=g)
+    before = impl.causal_self_attention(x, *weights, n_head)
+    after = impl.causal_self_attention(x2, *weights, n_head)
+    torch.testing.assert_close(
+        after[:, : t + 1], before[:, : t + 1], atol=1e-6, rtol=0,
+        msg=lambda m: f"causal_self_attention leaks the future: changing tokens after position "
+        f"{t} changed outputs at positions <= {t}:\n{m}",
+    )
