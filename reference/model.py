@@ -1,0 +1,240 @@
+"""A GPT-2-style language model in one file, nanoGPT style.
+
+Classes appear in the order they depend on each other: LayerNorm, attention, MLP, block, config,
+model. Parameter names are GPT-2's (``transformer.h.0.attn.c_attn.weight``...), so loading a
+Hugging Face checkpoint is a key-to-key map (see ``reference/hf.py``); the only difference is that
+GPT-2's ``Conv1D`` stores weights as (in, out) and ``nn.Linear`` as (out, in).
+
+Example::
+
+    >>> config = GPTConfig(block_size=16, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
+    >>> model = GPT(config)
+    >>> logits, loss = model(torch.zeros(1, 5, dtype=torch.long))
+    >>> tuple(logits.shape), loss
+    ((1, 5, 100), None)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
+INIT_STD = 0.02  # GPT-2's initializer_range
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (``nn.LayerNorm`` cannot drop only the bias)."""
+
+    def __init__(self, ndim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LAYER_NORM_EPS)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with a causal mask; one fused projection for q, k and v."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # is_causal lets torch pick the flash / memory-efficient kernels on GPU; no mask tensor
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        out: Tensor = self.resid_dropout(self.c_proj(y))
+        return out
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: expand 4x, GELU (GPT-2's tanh approximation), project back."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return out
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: the residual stream is only ever added to."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The model's shape. The defaults are GPT-2 small (124M parameters).
+
+    ``bias=False`` drops the biases of every Linear and LayerNorm (a little faster, as good);
+    GPT-2 checkpoints have them. ``dropout`` applies in training mode only.
+    """
+
+    block_size: int = 1024  # longest sequence the model sees (learned positions)
+    vocab_size: int = 50257  # GPT-2's: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"GPTConfig.{f.name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}: "
+                "each head gets n_embd // n_head dimensions"
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
+            raise ValueError(f"GPTConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig.bias must be a bool, got {self.bias!r}")
+
+
+# GPT-2's four published sizes (Radford et al. 2019); all share block_size 1024 and vocab 50257.
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+
+def check_idx(idx: Tensor, block_size: int, vocab_size: int) -> None:
+    """Raise TypeError/ValueError, naming the bad value, unless ``idx`` is a valid (B, T) batch."""
+    if not isinstance(idx, Tensor):
+        raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"idx must hold integer token ids (torch.int64 or torch.int32), got {idx.dtype}"
+        )
+    if idx.ndim != 2:
+        raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+    if idx.numel() == 0:
+        raise ValueError(f"empty input: idx has shape {tuple(idx.shape)}; need B >= 1 and T >= 1")
+    if idx.shape[1] > block_size:
+        raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {block_size}")
+    if torch.compiler.is_compiling():  # a data-dependent check would break the compiled graph
+        return
+    lo, hi = torch.aminmax(idx)  # one device sync for both bounds
+    bad = int(lo) if int(lo) < 0 else int(hi) if int(hi) >= vocab_size else None
+    if bad is not None:
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
+class Transformer(nn.Module):
+    """The trunk: embeddings, blocks, final LayerNorm (GPT-2's ``transformer.*`` names)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned positions
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
+
+
+class GPT(nn.Module):
+    """GPT-2: token + position embeddings, ``n_layer`` pre-LN blocks, LayerNorm, tied LM head."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017): reading a token and writing it share one matrix.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer), since every block adds
+        # two of them to the residual stream and its variance would otherwise grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters counted once each (the tied head is the token embedding).
+
+        ``non_embedding=True`` leaves out the position embeddings (the token embedding still
+        counts, as the head uses it), the convention of the scaling-law papers and nanoGPT.
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied one once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, vocab_size) for token ids ``idx`` (B, T), and the loss given targets.
+
+        ``targets`` (B, T) are the next tokens (``idx`` shifted left by one, done by the data
+        loader); ``-1`` marks a position to ignore. The loss is the mean cross-entropy.
+        """
+        cfg = self.config
+        check_idx(idx, cfg.block_size, cfg.vocab_size)
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(
+                f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"
+            )
+        T = idx.shape[1]
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        tr = self.transformer
+        x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C) + (T, C) broadcasts over the batch
+        for block in tr.h:
+            x = block(x)
+        x = tr.ln_f(x)
+        logits: Tensor = self.lm_head(x)  # (B, T, vocab_size)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=-1
+        )
+        return logits, loss
