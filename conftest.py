@@ -7,8 +7,9 @@ the ``impl`` fixture. ``impl`` is the module ``<package>.<component>`` of one im
 * ``exercises`` for the thin files in ``exercises/`` (``pytest exercises``);
 * whatever ``--impl`` names, when given (repeatable).
 
-``--mutant MODULE:NAME`` patches a deliberately broken variant into the implementation; the
-project's own tests use it to prove that the specs catch classic bugs (see ``tests/mutants``).
+``--mutant MODULE:NAME`` (``NAME`` may be ``*``) patches deliberately broken variants into the
+implementation, one parametrization each; the project's own tests use it to prove that the specs
+catch classic bugs (see ``tests/mutants`` and ``tests/test_mutants.py``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--mutant",
+        action="append",
         metavar="MODULE:NAME",
-        help="patch the broken variant NAME from MODULE's MUTANTS dict into the implementation",
+        help="patch the broken variant NAME (or * for all) from MODULE's MUTANTS dict into the "
+        "implementation (repeatable); each mutant is its own parametrization and stops at its "
+        "first failing test",
     )
 
 
@@ -61,7 +65,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not chosen:
         under_exercises = (ROOT / "exercises") in Path(metafunc.definition.path).parents
         chosen = ["exercises"] if under_exercises else ["reference", "solutions"]
-    metafunc.parametrize("impl", chosen, indirect=True, scope="module")
+    mutants = _mutants(metafunc.config)
+    params: list[Any] = list(chosen)
+    if mutants:
+        params = [
+            pytest.param((name, m), id=f"{name}-{m.partition(':')[2]}")
+            for name in chosen
+            for m in mutants
+        ]
+    metafunc.parametrize("impl", params, indirect=True, scope="module")
 
 
 def _component(request: pytest.FixtureRequest) -> str:
@@ -74,34 +86,62 @@ def _component(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def impl(request: pytest.FixtureRequest) -> Any:
     """The module ``<implementation>.<COMPONENT>`` the spec runs against."""
-    module: ModuleType = importlib.import_module(f"{request.param}.{_component(request)}")
-    mutant = request.config.getoption("mutant")
-    if not mutant:
+    name, mutant = request.param if isinstance(request.param, tuple) else (request.param, None)
+    module: ModuleType = importlib.import_module(f"{name}.{_component(request)}")
+    if mutant is None:
         yield module
         return
+    module_name, _, mutant_name = mutant.partition(":")
+    patches = importlib.import_module(module_name).MUTANTS[mutant_name]
     with pytest.MonkeyPatch.context() as mp:
-        for dotted, replacement in _load_mutant(mutant).items():
+        for dotted, replacement in patches.items():
             owner: Any = module
             *path, attr = dotted.split(".")
             for part in path:
                 owner = getattr(owner, part)
-            mp.setattr(owner, attr, replacement)
+            mp.setattr(owner, attr, replacement)  # raises if the attribute does not exist
         yield module
 
 
-def _load_mutant(spec: str) -> dict[str, Any]:
-    module_name, _, name = spec.partition(":")
-    mutants = importlib.import_module(module_name).MUTANTS
-    if name not in mutants:
-        raise pytest.UsageError(f"no mutant {name!r} in {module_name}; known: {sorted(mutants)}")
-    patches: dict[str, Any] = mutants[name]
-    return patches
+def _mutants(config: pytest.Config) -> list[str]:
+    """The ``--mutant`` options expanded to a list of ``module:name``."""
+    found = []
+    for spec in config.getoption("mutant") or []:
+        module_name, _, name = spec.partition(":")
+        mutants = importlib.import_module(module_name).MUTANTS
+        names = sorted(mutants) if name == "*" else [name]
+        for n in names:
+            if n not in mutants:
+                raise pytest.UsageError(
+                    f"no mutant {n!r} in {module_name}; known: {sorted(mutants)}"
+                )
+            found.append(f"{module_name}:{n}")
+    return found
+
+
+def _mutant_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    param = callspec.params.get("impl") if callspec is not None else None
+    return param[1] if isinstance(param, tuple) else None
+
+
+_caught_mutants: set[str] = set()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """With --mutant: once a spec test has caught a mutant, skip its remaining tests."""
+    mutant = _mutant_of(item)
+    if mutant in _caught_mutants:
+        pytest.skip(f"mutant {mutant} already caught")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """For learners: a stub that is not filled in yet reports one line, not a traceback."""
     report = yield
+    mutant = _mutant_of(item)
+    if mutant is not None and report.failed and report.when == "call":
+        _caught_mutants.add(mutant)
     callspec = getattr(item, "callspec", None)
     on_exercises = callspec is not None and callspec.params.get("impl") == "exercises"
     if (

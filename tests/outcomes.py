@@ -24,6 +24,7 @@ class Outcome:
     outcome: str  # "passed", "failed" or "skipped"
     exception: str | None  # the type name of what the test raised, if it failed
     message: str
+    when: str  # the phase of the report: "setup", "call" or "teardown"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +45,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 "outcome": report.outcome,
                 "exception": exc.typename if exc is not None and report.failed else None,
                 "message": str(exc.value)[:500] if exc is not None else "",
+                "when": report.when,
             },
         )
     return report

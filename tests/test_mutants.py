@@ -1,39 +1,49 @@
 """Tests of the specs themselves: each classic learner bug must make its component's spec fail.
 
 A mutant is a broken variant of a solution, declared in ``tests/mutants/<component>.py`` as
-``MUTANTS = {"name": {"dotted.attribute": replacement, ...}}``. The spec is run in a subprocess
-with the replacement patched into the solutions; at least one spec test must fail.
+``MUTANTS = {"name": {"dotted.attribute": replacement, ...}}`` (paths relative to the module
+``solutions.<component>``). One subprocess per component runs its spec against every mutant, each
+patched into the solutions in turn and stopped at its first failing test; every mutant must make
+at least one spec test fail (in the test itself, not in set-up).
+
+Check one mutant by hand::
+
+    pytest specs/test_attention.py --impl=solutions --mutant=tests.mutants.attention:no_scale
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.outcomes import ROOT, run_specs
 
-
-def _mutants() -> list[tuple[str, str]]:
-    found = []
-    for path in sorted((ROOT / "tests" / "mutants").glob("[a-z]*.py")):
-        module = importlib.import_module(f"tests.mutants.{path.stem}")
-        found += [(path.stem, name) for name in module.MUTANTS]
-    return found
+COMPONENTS = sorted(p.stem for p in (ROOT / "tests" / "mutants").glob("[a-z]*.py"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("component", "mutant"), _mutants())
-def test_spec_catches_mutant(component: str, mutant: str, tmp_path: Path) -> None:
-    code, outcomes = run_specs(
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_spec_catches_every_mutant(component: str, tmp_path: Path) -> None:
+    mutants = set(importlib.import_module(f"tests.mutants.{component}").MUTANTS)
+    assert mutants, f"tests/mutants/{component}.py declares no MUTANTS"
+    _, outcomes = run_specs(
         [
             f"specs/test_{component}.py",
             "--impl=solutions",
-            f"--mutant=tests.mutants.{component}:{mutant}",
-            "-x",
+            f"--mutant=tests.mutants.{component}:*",
         ],
         tmp_path,
     )
-    failed = [k for k, o in outcomes.items() if o.outcome == "failed"]
-    assert code == 1 and failed, f"specs/test_{component}.py did not catch the mutant {mutant!r}"
+    caught = set()
+    for nodeid, o in outcomes.items():
+        match = re.search(r"[\[-]solutions-(\w+)[\]-]", nodeid)
+        assert match and match[1] in mutants, f"not a mutant run: {nodeid}"
+        assert o.when == "call" or o.outcome != "failed", (
+            f"{nodeid}: the mutant broke the test set-up ({o.exception}: {o.message})"
+        )
+        if o.outcome == "failed":
+            caught.add(match[1])
+    assert mutants - caught == set(), f"specs/test_{component}.py misses mutants"
