@@ -1,0 +1,374 @@
+"""Classic learner bugs in the BPE tokenizer; specs/test_bpe.py must catch every one.
+
+Each mutant replaces functions of ``solutions.bpe`` (patched in place). A function imported by
+name into another module (``from .merge import merge``) is patched there too, so the whole package
+uses the broken version. Named for the bug, commented with the tests expected to catch it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from itertools import pairwise
+from typing import Any
+
+from solutions.bpe import pretokenize, split_on_special_tokens
+from solutions.bpe.tokenizer import Tokenizer
+
+Pair = tuple[int, int]
+
+
+def _everywhere(name: str, modules: Sequence[str], replacement: Any) -> dict[str, Any]:
+    """Patch ``name`` in the package and in each module that imported it by name."""
+    return {name: replacement, **{f"{module}.{name}": replacement for module in modules}}
+
+
+# ----------------------------------------------------------------------------- pair counts
+
+
+def _counts_skip_overlaps(
+    ids: Sequence[int], counts: dict[Pair, int] | None = None, weight: int = 1
+) -> dict[Pair, int]:
+    """After counting a pair, skip past it: [a, a, a] counts (a, a) once instead of twice."""
+    counts = {} if counts is None else counts
+    i = 0
+    while i + 1 < len(ids):
+        pair = (ids[i], ids[i + 1])
+        counts[pair] = counts.get(pair, 0) + weight
+        i += 2 if ids[i] == ids[i + 1] else 1
+    return counts
+
+
+def _counts_ignore_weight(
+    ids: Sequence[int], counts: dict[Pair, int] | None = None, weight: int = 1
+) -> dict[Pair, int]:
+    counts = {} if counts is None else counts
+    for pair in pairwise(ids):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def _counts_fresh_dict(
+    ids: Sequence[int], counts: dict[Pair, int] | None = None, weight: int = 1
+) -> dict[Pair, int]:
+    """Ignores the ``counts`` argument: nothing accumulates across words."""
+    fresh: dict[Pair, int] = {}
+    for pair in pairwise(ids):
+        fresh[pair] = fresh.get(pair, 0) + weight
+    return fresh
+
+
+PAIR_COUNT_USERS = ["stats", "train", "tokenizer"]
+
+# ----------------------------------------------------------------------------- merge
+
+
+def _merge_right_to_left(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
+    """Scans from the right: [a, a, a] becomes [a, aa] instead of [aa, a]."""
+    out: list[int] = []
+    i = len(ids) - 1
+    while i >= 0:
+        if i >= 1 and ids[i - 1] == pair[0] and ids[i] == pair[1]:
+            out.append(new_id)
+            i -= 2
+        else:
+            out.append(ids[i])
+            i -= 1
+    return out[::-1]
+
+
+def _merge_overlapping(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
+    """Replaces every position where the pair starts, overlaps included: [a, a, a] -> [aa, aa]."""
+    out: list[int] = []
+    i = 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            if i + 2 < len(ids) and (ids[i + 1], ids[i + 2]) == pair:
+                i += 1  # steps one: the second element is used twice
+                continue
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_drops_last(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
+    """The classic ``while i < len(ids) - 1`` loop that forgets the last element."""
+    out: list[int] = []
+    i = 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+# (``solutions.bpe.merge`` is the function: the package re-exports it over its module)
+MERGE_USERS = ["train", "tokenizer"]
+
+# ----------------------------------------------------------------------------- tie-breaking
+
+
+def _ties_smallest(counts: dict[Pair, int], vocab: dict[int, bytes]) -> Pair:
+    """Ties go to the smallest pair of byte strings."""
+    top = max(counts.values())
+    return min((p for p in counts if counts[p] == top), key=lambda p: (vocab[p[0]], vocab[p[1]]))
+
+
+def _ties_by_ids(counts: dict[Pair, int], vocab: dict[int, bytes]) -> Pair:
+    """Compares ids, not bytes: id 256 (b"aa") beats id 98 (b"b")."""
+    return max(counts, key=lambda p: (counts[p], p))
+
+
+def _ties_first_seen(counts: dict[Pair, int], vocab: dict[int, bytes]) -> Pair:
+    """``max`` by count alone: ties go to whichever pair was counted first."""
+    return max(counts, key=lambda p: counts[p])
+
+
+# ----------------------------------------------------------------------------- training loops
+
+
+def _trainer(
+    *,
+    split: Callable[[str, Collection[str]], list[str]] = split_on_special_tokens,
+    pre: Callable[[str], list[str]] = pretokenize,
+    weighted: bool = True,
+    specials_first: bool = False,
+    merges_short_by: int = 0,
+) -> Callable[..., tuple[dict[int, bytes], list[tuple[bytes, bytes]]]]:
+    """train_bpe with one knob turned the wrong way (otherwise the solution's loop)."""
+    from solutions.bpe.train import best_pair, check_train_args
+
+    def train_bpe(
+        text: str, vocab_size: int, special_tokens: Sequence[str] = ()
+    ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+        check_train_args(text, vocab_size, special_tokens)
+        specials = set(special_tokens)
+        word_counts: Counter[str] = Counter()
+        for piece in split(text, specials):
+            if piece not in specials:
+                word_counts.update(pre(piece))
+        words = [(list(w.encode("utf-8")), n if weighted else 1) for w, n in word_counts.items()]
+        vocab = {i: bytes([i]) for i in range(256)}
+        ids_of_specials = {}
+        if specials_first:
+            for token in special_tokens:
+                ids_of_specials[token] = len(vocab)
+                vocab[len(vocab)] = token.encode("utf-8")
+        merges: list[tuple[bytes, bytes]] = []
+        while len(merges) < vocab_size - 256 - len(special_tokens) - merges_short_by:
+            counts: dict[Pair, int] = {}
+            for ids, n in words:
+                for pair in pairwise(ids):
+                    counts[pair] = counts.get(pair, 0) + n
+            if not counts:
+                break
+            pair = best_pair(counts, vocab)
+            new_id = len(vocab)
+            vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
+            merges.append((vocab[pair[0]], vocab[pair[1]]))
+            words = [(_merge(ids, pair, new_id), n) for ids, n in words]
+        if not specials_first:
+            for token in special_tokens:
+                vocab[len(vocab)] = token.encode("utf-8")
+        return vocab, merges
+
+    return train_bpe
+
+
+def _merge(ids: list[int], pair: Pair, new_id: int) -> list[int]:
+    """A correct merge, for the mutants whose bug is elsewhere."""
+    out: list[int] = []
+    i = 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _no_special_split(text: str, special_tokens: Collection[str]) -> list[str]:
+    """Special tokens are not cut out: "<|endoftext|>" is trained on as ordinary text."""
+    return [text] if text else []
+
+
+def _glue_around_specials(text: str, special_tokens: Collection[str]) -> list[str]:
+    """Drops the special tokens but glues the text around them: merges reach across."""
+    pieces = split_on_special_tokens(text, special_tokens)
+    glued = "".join(p for p in pieces if p not in special_tokens)
+    return [glued] if glued else []
+
+
+def _no_pretokenization(piece: str) -> list[str]:
+    """The whole piece is one word: merges cross word and punctuation boundaries."""
+    return [piece] if piece else []
+
+
+# ----------------------------------------------------------------------------- special tokens
+
+
+def _split_first_listed(text: str, special_tokens: Collection[str]) -> list[str]:
+    """Alternatives in the order given, not longest first: "<|x|>" cuts "<|x|><|y|>" short."""
+    if not special_tokens:
+        return [text] if text else []
+    pattern = "(" + "|".join(re.escape(t) for t in special_tokens) + ")"
+    return [p for p in re.split(pattern, text) if p]
+
+
+def _split_shortest_first(text: str, special_tokens: Collection[str]) -> list[str]:
+    return _split_first_listed(text, sorted(special_tokens, key=len))
+
+
+def _split_unescaped(text: str, special_tokens: Collection[str]) -> list[str]:
+    """Forgets ``re.escape``: "<|endoftext|>" becomes the alternation "<" | "endoftext" | ">"."""
+    if not special_tokens:
+        return [text] if text else []
+    pattern = "(" + "|".join(sorted(special_tokens, key=len, reverse=True)) + ")"
+    return [p for p in re.split(pattern, text) if p]
+
+
+SPLIT_USERS = ["train", "tokenizer"]
+
+# ----------------------------------------------------------------------------- encode / decode
+
+
+def _encode_word_discovery_order(self: Tokenizer, word: bytes) -> list[int]:
+    """Merges the first learned pair found scanning left to right, not the lowest rank."""
+    ids = [self.byte_ids[b] for b in word]
+    while True:
+        for i in range(len(ids) - 1):
+            pair = (ids[i], ids[i + 1])
+            if pair in self.merge_ranks:
+                ids = [*ids[:i], self.merge_ids[pair], *ids[i + 2 :]]
+                break
+        else:
+            return ids
+
+
+def _encode_word_highest_rank(self: Tokenizer, word: bytes) -> list[int]:
+    """``max`` instead of ``min``: the merge learned last goes first."""
+    ids = [self.byte_ids[b] for b in word]
+    while True:
+        known = [p for p in pairwise(ids) if p in self.merge_ranks]
+        if not known:
+            return ids
+        pair = max(known, key=lambda p: self.merge_ranks[p])
+        ids = _merge(ids, pair, self.merge_ids[pair])
+
+
+def _encode_word_one_pass(self: Tokenizer, word: bytes) -> list[int]:
+    """Stops after the first merge that applies: words stay split."""
+    ids = [self.byte_ids[b] for b in word]
+    ranked = [p for p in pairwise(ids) if p in self.merge_ranks]
+    if ranked:
+        pair = min(ranked, key=lambda p: self.merge_ranks.get(p, math.inf))
+        ids = _merge(ids, pair, self.merge_ids[pair])
+    return ids
+
+
+def _encode_without_pretokenization(self: Tokenizer, text: str, allowed_special: Any = "all"
+                                    ) -> list[int]:
+    if not isinstance(text, str):
+        raise TypeError("not a str")
+    specials = self.allowed_specials(allowed_special)
+    ids: list[int] = []
+    for piece in split_on_special_tokens(text, specials):
+        ids += [specials[piece]] if piece in specials else self.encode_word(piece.encode())
+    return ids
+
+
+def _encode_all_specials_always(self: Tokenizer, text: str, allowed_special: Any = "all"
+                                ) -> list[int]:
+    """Ignores ``allowed_special``: special token strings always become special ids."""
+    return _ORIGINAL_ENCODE(self, text)
+
+
+_ORIGINAL_ENCODE = Tokenizer.encode
+
+
+def _decode_strict(self: Tokenizer, ids: Iterable[int]) -> str:
+    return b"".join(self.vocab[i] for i in ids).decode("utf-8")  # raises on partial UTF-8
+
+
+def _decode_token_by_token(self: Tokenizer, ids: Iterable[int]) -> str:
+    """Decodes each token alone: a character split across two tokens becomes two U+FFFD."""
+    return "".join(self.vocab[i].decode("utf-8", errors="replace") for i in ids)
+
+
+def _decode_skips_unknown(self: Tokenizer, ids: Iterable[int]) -> str:
+    return b"".join(self.vocab.get(i, b"") for i in ids).decode("utf-8", errors="replace")
+
+
+def _decode_latin1(self: Tokenizer, ids: Iterable[int]) -> str:
+    """Never raises, but is not UTF-8."""
+    return b"".join(self.vocab[i] for i in ids).decode("latin-1")
+
+
+def _encode_iterable_per_piece(self: Tokenizer, iterable: Iterable[str],
+                               allowed_special: Any = "all") -> Iterator[int]:
+    """Encodes each piece alone: a word or special token cut between pieces is split."""
+    for piece in iterable:
+        yield from self.encode(piece, allowed_special=allowed_special)
+
+
+MUTANTS: dict[str, dict[str, Any]] = {
+    # test_get_pair_counts_worked_example, test_train_bpe_counts_overlapping_pairs
+    "pair_counts_skip_overlaps": _everywhere(
+        "get_pair_counts", PAIR_COUNT_USERS, _counts_skip_overlaps),
+    # test_get_pair_counts_*, the brute-force comparison
+    "pair_counts_ignore_weight": _everywhere(
+        "get_pair_counts", PAIR_COUNT_USERS, _counts_ignore_weight),
+    "pair_counts_ignore_counts_arg": _everywhere(
+        "get_pair_counts", PAIR_COUNT_USERS, _counts_fresh_dict),
+    # test_merge_matches_bytes_replace, test_train_bpe_worked_example
+    "merge_right_to_left": _everywhere("merge", MERGE_USERS, _merge_right_to_left),
+    "merge_overlapping_occurrences": _everywhere("merge", MERGE_USERS, _merge_overlapping),
+    "merge_drops_last_element": _everywhere("merge", MERGE_USERS, _merge_drops_last),
+    # test_train_bpe_breaks_ties_*, test_train_bpe_worked_example
+    "ties_to_smallest_pair": {"train.best_pair": _ties_smallest},
+    "ties_compared_by_ids": {"train.best_pair": _ties_by_ids},
+    "ties_to_first_seen": {"train.best_pair": _ties_first_seen},
+    # test_train_bpe_never_merges_across_or_into_special_tokens, brute-force comparison
+    "train_specials_not_cut_out": {"train.split_on_special_tokens": _no_special_split},
+    "train_merges_across_specials": {"train.split_on_special_tokens": _glue_around_specials},
+    "train_without_pretokenization": {"train.pretokenize": _no_pretokenization},
+    "train_counts_each_word_once": {
+        "train_bpe": _trainer(weighted=False), "train.train_bpe": _trainer(weighted=False)},
+    "train_special_ids_before_merges": {
+        "train_bpe": _trainer(specials_first=True),
+        "train.train_bpe": _trainer(specials_first=True)},
+    "train_one_merge_short": {
+        "train_bpe": _trainer(merges_short_by=1), "train.train_bpe": _trainer(merges_short_by=1)},
+    # test_split_on_special_tokens_worked_example, test_special_tokens_match_longest_first
+    "specials_first_listed_wins": _everywhere(
+        "split_on_special_tokens", SPLIT_USERS, _split_first_listed),
+    "specials_shortest_first": _everywhere(
+        "split_on_special_tokens", SPLIT_USERS, _split_shortest_first),
+    "specials_not_escaped": _everywhere(
+        "split_on_special_tokens", SPLIT_USERS, _split_unescaped),
+    # test_encode_matches_tiktoken_*, test_encode_hello_world_as_gpt2
+    "encode_merges_in_discovery_order": {"Tokenizer.encode_word": _encode_word_discovery_order},
+    "encode_merges_highest_rank_first": {"Tokenizer.encode_word": _encode_word_highest_rank},
+    "encode_stops_after_one_merge": {"Tokenizer.encode_word": _encode_word_one_pass},
+    "encode_without_pretokenization": {"Tokenizer.encode": _encode_without_pretokenization},
+    # test_special_token_not_allowed_is_encoded_as_ordinary_text
+    "encode_ignores_allowed_special": {"Tokenizer.encode": _encode_all_specials_always},
+    # test_decode_of_partial_utf8_gives_the_replacement_character, test_decode_matches_tiktoken
+    "decode_raises_on_partial_utf8": {"Tokenizer.decode": _decode_strict},
+    "decode_token_by_token": {"Tokenizer.decode": _decode_token_by_token},
+    "decode_latin1": {"Tokenizer.decode": _decode_latin1},
+    # test_decode_rejects_an_unknown_id
+    "decode_skips_unknown_ids": {"Tokenizer.decode": _decode_skips_unknown},
+    # test_encode_iterable_equals_encode_on_the_joined_text
+    "encode_iterable_per_piece": {"Tokenizer.encode_iterable": _encode_iterable_per_piece},
+}
