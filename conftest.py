@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 ROOT = Path(__file__).resolve().parent
 IMPLEMENTATIONS = ("reference", "solutions", "exercises")
@@ -33,6 +33,9 @@ settings.register_profile(
     max_examples=30,
     deadline=None,
     print_blob=True,
+    # The explain phase re-runs a failing example hundreds of times: slow on the stubs and on
+    # mutants, and it never runs when the tests pass.
+    phases=[p for p in Phase if p is not Phase.explain],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile("dev", max_examples=300, deadline=None)

@@ -1,0 +1,406 @@
+"""Classic learner bugs in the backprop component; specs/test_backprop.py must catch every one.
+
+Each mutant replaces functions of ``solutions.backprop``. A function is patched wherever a module
+of the package bound it by name (``layers.linear_backward``, ``mlp.linear_backward``, the package's
+re-export), so the MLP and the training loop use the broken one too, as a learner's bug would.
+Methods are patched on the class (``Value.__mul__``, ``TorchMLP.act``). The comment on each mutant
+names the spec test expected to catch it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from solutions import backprop as sol
+from solutions.backprop.autograd import Value
+from solutions.backprop.layers import GELU_C, GELU_K
+
+Array = np.ndarray
+MODULES = ("layers", "losses", "mlp", "optim", "train", "torch_mlp", "autograd", "data")
+
+
+def everywhere(name: str, replacement: Callable[..., Any]) -> dict[str, Callable[..., Any]]:
+    """Patches for ``name`` in the package and in every module of it that imported it."""
+    patches = {name: replacement}
+    for module in MODULES:
+        if hasattr(getattr(sol, module), name):
+            patches[f"{module}.{name}"] = replacement
+    return patches
+
+
+# --- linear ----------------------------------------------------------------------------------
+
+
+def _linear_backward(
+    dx: Callable[[Array, Array, Array], Array] = lambda dy, x, W: dy @ W,
+    dW: Callable[[Array, Array], Array] = lambda dy, x: dy.T @ x,
+    db: Callable[[Array], Array] = lambda dy: dy.sum(axis=0),
+) -> Callable[..., Any]:
+    def linear_backward(dy: Array, cache: tuple[Array, Array]) -> tuple[Array, Array, Array]:
+        x, W = cache
+        return dx(dy, x, W), dW(dy, x), db(dy)
+
+    return linear_backward
+
+
+def _linear_forward_no_bias(x: Array, W: Array, b: Array) -> tuple[Array, Any]:
+    return x @ W.T, (x, W)
+
+
+# --- activations -----------------------------------------------------------------------------
+
+
+def _relu_backward_ungated(dy: Array, cache: Array) -> Array:
+    return dy.copy()  # passes the gradient where x < 0 too
+
+
+def _relu_backward_mask_from_dy(dy: Array, cache: Array) -> Array:
+    return dy * (dy > 0)  # gates on the upstream gradient instead of the input
+
+
+def _relu_backward_ge_zero(dy: Array, cache: Array) -> Array:
+    return dy * (cache >= 0)  # slope 1 at exactly 0, where PyTorch uses 0
+
+
+_erf = np.vectorize(math.erf)
+
+
+def _gelu_exact_forward(x: Array) -> tuple[Array, Array]:
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))), x  # the erf GELU, not GPT-2's
+
+
+def _gelu_exact_backward(dy: Array, cache: Array) -> Array:
+    x = cache
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return dy * (0.5 * (1.0 + _erf(x / math.sqrt(2.0))) + x * pdf)
+
+
+def _gelu_backward(inner: bool = True, product_rule: bool = True) -> Callable[..., Array]:
+    def gelu_backward(dy: Array, cache: Array) -> Array:
+        x = cache
+        t = np.tanh(GELU_C * (x + GELU_K * x**3))
+        du = GELU_C * (1.0 + 3.0 * GELU_K * x**2) if inner else GELU_C
+        dgelu = 0.5 * (1.0 + t) + (0.5 * x * (1.0 - t**2) * du if product_rule else 0.0)
+        return dy * dgelu
+
+    return gelu_backward
+
+
+def _tanh_backward_retanh(dy: Array, cache: Array) -> Array:
+    return dy * (1.0 - np.tanh(cache) ** 2)  # the cache is already tanh(x)
+
+
+def _tanh_backward_no_dy(dy: Array, cache: Array) -> Array:
+    return 1.0 - cache**2  # forgets the chain-rule factor dy
+
+
+# --- softmax cross-entropy -------------------------------------------------------------------
+
+
+def _cross_entropy(
+    stable: bool = True,
+    log_of_softmax: bool = False,
+    divide_grad: bool = True,
+    reduce: Callable[[Array], Any] = np.mean,
+    onehot_rows: bool = True,
+) -> Callable[..., tuple[float, Array]]:
+    def softmax_cross_entropy(logits: Array, targets: Array) -> tuple[float, Array]:
+        n = logits.shape[0]
+        z = logits - logits.max(axis=1, keepdims=True) if stable else logits
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        rows = np.arange(n)
+        if log_of_softmax:  # log(softmax) underflows to log(0) = -inf at large logits
+            with np.errstate(divide="ignore"):
+                losses = -np.log(probs[rows, targets])
+        else:
+            losses = np.log(np.exp(z).sum(axis=1)) - z[rows, targets]
+        grad = probs.copy()
+        if onehot_rows:
+            grad[rows, targets] -= 1.0
+        else:
+            grad[:, targets] -= 1.0  # subtracts 1 in the target columns of EVERY row
+        return float(reduce(losses)), grad / n if divide_grad else grad
+
+    return softmax_cross_entropy
+
+
+# --- MLP -------------------------------------------------------------------------------------
+
+
+def _mlp_forward_activation_on_logits(params: dict[str, Array], x: Array,
+                                      activation: str = "relu") -> tuple[Array, Any]:
+    logits, cache = sol.mlp.mlp_forward(params, x, activation)
+    out, act = sol.activation_forward(activation, logits)  # an activation after the last layer
+    return out, (cache, act)
+
+
+def _mlp_backward_activation_on_logits(cache: Any, dlogits: Array) -> dict[str, Array]:
+    inner, act = cache
+    return sol.mlp.mlp_backward(inner, sol.activation_backward(inner.activation, dlogits, act))
+
+
+def _mlp_backward(skip_activation: bool = False,
+                  last_act_cache: bool = False) -> Callable[..., Any]:
+    def mlp_backward(cache: Any, dlogits: Array) -> dict[str, Array]:
+        grads = {}
+        n_layers = len(cache.linear)
+        dh = dlogits
+        for i in range(n_layers, 0, -1):
+            if i < n_layers and not skip_activation:
+                act = cache.act[-1] if last_act_cache else cache.act[i - 1]
+                dh = sol.activation_backward(cache.activation, dh, act)
+            dh, grads[f"fc{i}.weight"], grads[f"fc{i}.bias"] = sol.linear_backward(
+                dh, cache.linear[i - 1])
+        return grads
+
+    return mlp_backward
+
+
+# --- SGD with momentum -----------------------------------------------------------------------
+
+
+def _sgd(rule: str) -> Callable[..., None]:
+    def sgd_momentum_step(params: dict[str, Array], grads: dict[str, Array],
+                          velocity: dict[str, Array], lr: float, momentum: float = 0.9,
+                          weight_decay: float = 0.0) -> None:
+        for k, p in params.items():
+            g = grads[k] + weight_decay * p
+            v_old = velocity.get(k, np.zeros_like(p))
+            if rule == "velocity_after_update":  # steps with last step's velocity
+                p -= lr * v_old
+                velocity[k] = momentum * v_old + g
+            elif rule == "dampened":  # an exponential moving average, not torch's sum
+                velocity[k] = momentum * v_old + (1.0 - momentum) * g
+                p -= lr * velocity[k]
+            elif rule == "lr_inside_velocity":  # v = m v - lr g; p += v: differs when lr changes
+                velocity[k] = momentum * v_old - lr * g
+                p += velocity[k]
+            elif rule == "weight_decay_after_momentum":  # decoupled decay (SGDW), not torch.SGD
+                velocity[k] = momentum * v_old + grads[k]
+                p -= lr * (velocity[k] + weight_decay * p)
+            elif rule == "nesterov":
+                velocity[k] = momentum * v_old + g
+                p -= lr * (g + momentum * velocity[k])
+            elif rule == "momentum_ignored":
+                p -= lr * g
+            elif rule == "weight_decay_ignored":
+                velocity[k] = momentum * v_old + grads[k]
+                p -= lr * velocity[k]
+            else:
+                raise AssertionError(rule)
+
+    return sgd_momentum_step
+
+
+# --- autograd --------------------------------------------------------------------------------
+
+
+def _as_value(x: Value | float) -> Value:
+    return x if isinstance(x, Value) else Value(x)
+
+
+def _binary(forward: Callable[[float, float], float],
+            backward: Callable[[Value, Value, Value], None], op: str) -> Callable[..., Value]:
+    def method(self: Value, other: Value | float) -> Value:
+        other = _as_value(other)
+        out = Value(forward(self.data, other.data), (self, other), op)
+        out._backward = lambda: backward(self, other, out)
+        return out
+
+    return method
+
+
+def _add_overwrites(s: Value, o: Value, out: Value) -> None:
+    s.grad = out.grad  # = instead of +=: a node used twice keeps only its last use
+    o.grad = out.grad
+
+
+def _mul_overwrites(s: Value, o: Value, out: Value) -> None:
+    s.grad = o.data * out.grad
+    o.grad = s.data * out.grad
+
+
+def _mul_swapped(s: Value, o: Value, out: Value) -> None:
+    s.grad += s.data * out.grad  # d(s*o)/ds is o, not s
+    o.grad += o.data * out.grad
+
+
+def _unary(forward: Callable[[float], float], grad: Callable[[float, float, float], float],
+           op: str) -> Callable[[Value], Value]:
+    """A unary method whose backward adds ``grad(x, y, out_grad)`` to ``x.grad``."""
+
+    def method(self: Value) -> Value:
+        out = Value(forward(self.data), (self,), op)
+
+        def _backward() -> None:
+            self.grad += grad(self.data, out.data, out.grad)
+
+        out._backward = _backward
+        return out
+
+    return method
+
+
+def _pow_missing_exponent(self: Value, k: float) -> Value:
+    out = Value(self.data**k, (self,), f"**{k}")
+
+    def _backward() -> None:
+        self.grad += self.data ** (k - 1) * out.grad  # forgets the factor k
+
+    out._backward = _backward
+    return out
+
+
+def _topological(self: Value) -> list[Value]:
+    order: list[Value] = []
+    seen: set[Value] = set()
+
+    def visit(v: Value) -> None:
+        if v not in seen:
+            seen.add(v)
+            for child in v._prev:
+                visit(child)
+            order.append(v)
+
+    visit(self)
+    return order
+
+
+def _backward_bfs(self: Value) -> None:
+    """Breadth-first from the output: a node can run before all its consumers have."""
+    self.grad = 1.0
+    queue, seen = [self], {self}
+    while queue:
+        v = queue.pop(0)
+        v._backward()
+        for child in v._prev:
+            if child not in seen:
+                seen.add(child)
+                queue.append(child)
+
+
+def _backward_not_reversed(self: Value) -> None:
+    self.grad = 1.0
+    for v in _topological(self):  # leaves first: nothing has a gradient yet
+        v._backward()
+
+
+def _backward_no_seed(self: Value) -> None:
+    for v in reversed(_topological(self)):  # forgets self.grad = 1
+        v._backward()
+
+
+# --- TorchMLP --------------------------------------------------------------------------------
+
+
+def _torch_act_exact_gelu(self: Any, x: Tensor) -> Tensor:
+    if self.activation == "gelu":
+        return F.gelu(x)  # erf GELU: not the NumPy (and GPT-2) tanh approximation
+    return torch.relu(x) if self.activation == "relu" else torch.tanh(x)
+
+
+def _torch_forward_activation_on_logits(self: Any, x: Tensor) -> Tensor:
+    for i in range(1, self.num_layers + 1):
+        x = self.act(getattr(self, f"fc{i}")(x))
+    return x
+
+
+def _torch_init_module_list(self: Any, sizes: list[int], activation: str = "relu") -> None:
+    nn.Module.__init__(self)
+    self.activation = activation
+    self.num_layers = len(sizes) - 1
+    # Works, but the parameters are named layers.0.weight, ... not fc1.weight, ...
+    self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+
+
+def _torch_forward_module_list(self: Any, x: Tensor) -> Tensor:
+    for i, layer in enumerate(self.layers, start=1):
+        x = layer(x)
+        if i < self.num_layers:
+            x = self.act(x)
+    return x
+
+
+MUTANTS: dict[str, dict[str, Any]] = {
+    # linear: test_linear_hand_worked_example, ..._finite_differences, ..._torch_linear_...
+    "linear_transposed_weight_grad": everywhere(
+        "linear_backward", _linear_backward(dW=lambda dy, x: x.T @ dy)),
+    "linear_missing_bias_grad": everywhere(
+        "linear_backward", _linear_backward(db=lambda dy: np.zeros(dy.shape[1]))),
+    "linear_bias_grad_mean_not_sum": everywhere(
+        "linear_backward", _linear_backward(db=lambda dy: dy.mean(axis=0))),
+    "linear_weight_grad_averaged_over_batch": everywhere(
+        "linear_backward", _linear_backward(dW=lambda dy, x: dy.T @ x / len(x))),
+    "linear_dx_uses_transposed_weight": everywhere(
+        "linear_backward", _linear_backward(dx=lambda dy, x, W: dy @ W.T)),  # crashes or wrong
+    "linear_forward_without_bias": everywhere("linear_forward", _linear_forward_no_bias),
+    # activations: test_activation_hand_worked_example and the finite-difference / torch tests
+    "relu_backward_passes_negative_inputs": everywhere("relu_backward", _relu_backward_ungated),
+    "relu_backward_masks_on_dy": everywhere("relu_backward", _relu_backward_mask_from_dy),
+    "relu_backward_slope_one_at_zero": everywhere("relu_backward", _relu_backward_ge_zero),
+    "gelu_exact_erf_instead_of_tanh": {**everywhere("gelu_forward", _gelu_exact_forward),
+                                       **everywhere("gelu_backward", _gelu_exact_backward)},
+    "gelu_backward_missing_inner_derivative": everywhere(
+        "gelu_backward", _gelu_backward(inner=False)),
+    "gelu_backward_missing_product_rule": everywhere(
+        "gelu_backward", _gelu_backward(product_rule=False)),
+    "tanh_backward_applies_tanh_again": everywhere("tanh_backward", _tanh_backward_retanh),
+    "tanh_backward_forgets_dy": everywhere("tanh_backward", _tanh_backward_no_dy),
+    # softmax cross-entropy: test_softmax_cross_entropy_* (±1e4, hand-worked, torch)
+    "ce_without_max_subtraction": everywhere(
+        "softmax_cross_entropy", _cross_entropy(stable=False)),
+    "ce_log_of_softmax_underflows": everywhere(
+        "softmax_cross_entropy", _cross_entropy(log_of_softmax=True)),
+    "ce_grad_not_divided_by_n": everywhere(
+        "softmax_cross_entropy", _cross_entropy(divide_grad=False)),
+    "ce_loss_summed_not_averaged": everywhere(
+        "softmax_cross_entropy", _cross_entropy(reduce=np.sum)),
+    "ce_onehot_subtracted_in_every_row": everywhere(
+        "softmax_cross_entropy", _cross_entropy(onehot_rows=False)),
+    # MLP: test_mlp_hand_worked_example, test_mlp_with_cross_entropy_matches_torch_autograd
+    "mlp_activation_on_logits": {
+        **everywhere("mlp_forward", _mlp_forward_activation_on_logits),
+        **everywhere("mlp_backward", _mlp_backward_activation_on_logits)},
+    "mlp_backward_skips_activation": everywhere(
+        "mlp_backward", _mlp_backward(skip_activation=True)),
+    "mlp_backward_uses_last_activation_cache": everywhere(
+        "mlp_backward", _mlp_backward(last_act_cache=True)),
+    # SGD: test_sgd_momentum_hand_worked_example, ..._weight_decay_..., ..._matches_torch_optim_sgd
+    **{f"sgd_{rule}": everywhere("sgd_momentum_step", _sgd(rule)) for rule in (
+        "velocity_after_update", "dampened", "lr_inside_velocity", "weight_decay_after_momentum",
+        "nesterov", "momentum_ignored", "weight_decay_ignored")},
+    # autograd: test_value_* (hand-worked, used twice, topological order, random vs torch)
+    "value_add_overwrites_grad": {"Value.__add__": _binary(lambda a, b: a + b, _add_overwrites,
+                                                           "+")},
+    "value_mul_overwrites_grad": {"Value.__mul__": _binary(lambda a, b: a * b, _mul_overwrites,
+                                                           "*")},
+    "value_mul_grad_uses_own_data": {"Value.__mul__": _binary(lambda a, b: a * b, _mul_swapped,
+                                                              "*")},
+    "value_pow_missing_exponent_factor": {"Value.__pow__": _pow_missing_exponent},
+    "value_tanh_missing_chain_factor": {"Value.tanh": _unary(
+        math.tanh, lambda x, y, g: 1.0 - y**2, "tanh")},
+    "value_tanh_grad_from_input": {"Value.tanh": _unary(
+        math.tanh, lambda x, y, g: (1.0 - x**2) * g, "tanh")},
+    "value_relu_grad_ungated": {"Value.relu": _unary(
+        lambda x: max(x, 0.0), lambda x, y, g: g, "relu")},
+    "value_exp_grad_uses_input": {"Value.exp": _unary(
+        math.exp, lambda x, y, g: x * g, "exp")},
+    "value_log_grad_divides_by_output": {"Value.log": _unary(
+        math.log, lambda x, y, g: g / y if y else 0.0, "log")},
+    "value_backward_breadth_first": {"Value.backward": _backward_bfs},
+    "value_backward_not_reversed": {"Value.backward": _backward_not_reversed},
+    "value_backward_without_seed": {"Value.backward": _backward_no_seed},
+    # TorchMLP: test_numpy_and_torch_mlps_agree_..., test_torch_mlp_*
+    "torch_mlp_exact_gelu": {"TorchMLP.act": _torch_act_exact_gelu},
+    "torch_mlp_activation_on_logits": {"TorchMLP.forward": _torch_forward_activation_on_logits},
+    "torch_mlp_module_list_names": {"TorchMLP.__init__": _torch_init_module_list,
+                                    "TorchMLP.forward": _torch_forward_module_list},
+}
