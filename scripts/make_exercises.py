@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         print("refusing to overwrite uncommitted edits (yours?) in:", *edited, sep="\n  ")
         print("commit or move them, or pass --force")
         return 2
-    for rel, text in expected.items():
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        (target / rel).write_text(text)
-    for rel in extra:
-        (target / rel).unlink()
+    for path, text in expected.items():
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        (target / path).write_text(text)
+    for name in extra:
+        (target / name).unlink()
     print(f"wrote {len(expected)} files to exercises/ ({len(stale)} changed, {len(extra)} removed)")
     return 0
 
