@@ -1,0 +1,161 @@
+"""The project's command line: ``python -m reference <command>`` (or ``llm-from-scratch``).
+
+Commands::
+
+    train     [--config FILE] [section.key=value ...]   train, then print a sample
+    prepare   [--config FILE] [section.key=value ...]   only tokenize the data
+    resume    RUN_DIR [section.key=value ...]           continue a run from its last checkpoint
+    generate  CHECKPOINT [--prompt TEXT] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+              [--max-new-tokens N] [--num-samples N]    text from a trained model
+    demo      ...                                       the guided demo (reference.demo)
+
+With no arguments, ``train`` runs the main job: a small character-level GPT on the built-in
+corpus (Python's own documentation), a few minutes on a laptop CPU, no download; then a sample.
+Multi-process training: ``torchrun --nproc_per_node=2 -m reference train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .trainer.loop import Trainer
+
+EXAMPLES = """examples:
+  python -m reference train                                   # the main job (CPU, minutes)
+  python -m reference train --config configs/shakespeare_char.yaml train.max_steps=500
+  python -m reference resume runs/main train.max_steps=3000
+  python -m reference generate runs/main --prompt "def " --temperature 0.7 --seed 1
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reference", description="Train and sample a GPT from scratch.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", help="a YAML config (e.g. configs/tiny_cpu.yaml)")
+        p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="settings over the config, e.g. train.lr=3e-4 model.n_layer=6")
+
+    train = sub.add_parser("train", help="train a model, then print a sample")
+    config_args(train)
+    train.add_argument("--no-sample", action="store_true", help="do not generate at the end")
+    prepare = sub.add_parser("prepare", help="tokenize the configured data only")
+    config_args(prepare)
+    resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume.add_argument("run", help="the run directory (train.out_dir) or a checkpoint")
+    resume.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="e.g. train.max_steps=4000 to train longer")
+    resume.add_argument("--no-sample", action="store_true")
+    gen = sub.add_parser("generate", help="generate text from a checkpoint")
+    gen.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    gen.add_argument("--prompt", "-p", default="\n")
+    gen.add_argument("--max-new-tokens", "-n", type=int, default=400)
+    gen.add_argument("--temperature", "-t", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--num-samples", type=int, default=1)
+    gen.add_argument("--device", default="cpu")
+    sub.add_parser("demo", help="the guided demo", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["demo"]:
+        from . import demo  # type: ignore[attr-defined, unused-ignore]
+
+        return int(demo.main(args_list[1:]) or 0)
+    if not args_list:
+        args_list = ["train"]
+    args = _parser().parse_args(args_list)
+    try:
+        if args.command in ("train", "prepare"):
+            return _train(args)
+        if args.command == "resume":
+            return _resume(args)
+        if args.command == "generate":
+            return _generate(args)
+    except (ValueError, FileNotFoundError, ConnectionError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _parser().print_help()
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .trainer.config import load_config
+    from .trainer.loop import prepare_data
+
+    config = load_config(args.config, args.overrides)
+    if args.command == "prepare":
+        data = prepare_data(config, progress=config.train.progress)
+        meta = data.meta
+        print(f"{meta['n_tokens']:,} tokens ({meta['n_train']:,} train), vocabulary "
+              f"{meta['vocab_size']}, {meta['dtype']}, in {data.directory}")
+        return 0
+    from .trainer.loop import Trainer
+
+    return _run(lambda: Trainer(config), args.no_sample)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .trainer.loop import Trainer
+
+    return _run(lambda: Trainer.resume(args.run, args.overrides), args.no_sample)
+
+
+def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
+    from .trainer.distributed import cleanup
+    from .trainer.loop import TrainingDiverged
+
+    trainer = make()
+    try:
+        result = trainer.fit()
+    except TrainingDiverged as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        cleanup(trainer.dist)
+        return 1
+    if trainer.dist.is_main:
+        print(f"done: step {result.step}, train loss {result.train_loss:.4f}, "
+              f"val loss {result.val_loss:.4f}, {result.seconds:.0f} s, "
+              f"{result.tokens_per_s:,.0f} tokens/s, peak memory {result.peak_memory_mb:,.0f} MiB")
+        print(f"checkpoint: {result.checkpoint}")
+        if not no_sample and trainer.config.sample.max_new_tokens > 0:
+            for i, text in enumerate(trainer.sample()):
+                print(f"--- sample {i + 1} (seed {trainer.config.sample.seed}) ---")
+                print(text)
+    cleanup(trainer.dist)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .trainer.checkpoint import latest_checkpoint
+    from .trainer.config import SampleSection
+    from .trainer.data import load_tokenizer
+    from .trainer.loop import resolve_device, sample_text
+
+    directory = latest_checkpoint(Path(args.checkpoint))
+    device = torch.device(resolve_device(args.device))
+    model = load_checkpoint(directory, device=device)
+    tokenizer = load_tokenizer(directory)
+    s = SampleSection(prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                      num_samples=args.num_samples, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    for i, text in enumerate(sample_text(model, tokenizer, s, device)):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1} ---")
+        print(text)
+    return 0

@@ -1,0 +1,398 @@
+"""The training loop: data, model, AdamW, schedule, mixed precision, evaluation, checkpoints.
+
+Example::
+
+    >>> from reference.trainer.config import load_config
+    >>> trainer = Trainer(load_config(overrides=["train.max_steps=100"]))
+    >>> result = trainer.fit()               # trains, evaluates, checkpoints, plots
+    >>> print(trainer.sample()[0])           # text from the trained model
+
+Each step: set the learning rate from the cosine schedule, draw ``grad_accum`` micro-batches,
+run :func:`step.train_step` (accumulate, clip, AdamW). Every ``eval_interval`` steps the mean
+loss over ``eval_steps`` fixed batches of each split is logged; every ``checkpoint_interval``
+steps (and at the end) a full checkpoint is written. A NaN or infinite loss stops the run before
+the optimizer step with :class:`TrainingDiverged`, naming the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import resource
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.checkpoint import checkpoint
+
+from ..checkpoint import WEIGHTS_NAME, load_weights
+from ..generate import generate
+from ..model import GPT, GPTConfig
+from .checkpoint import load_training_state, restore_rng, save_training_checkpoint
+from .config import Config, config_from_dict, parse_overrides
+from .corpora import (
+    MarkovSource,
+    builtin_corpus,
+    hf_dataset,
+    jsonl_file,
+    text_file,
+    tiny_shakespeare,
+)
+from .data import (
+    TextTokenizer,
+    TokenData,
+    corpus_fingerprint,
+    get_batch,
+    gpt2_tokenizer,
+    load_token_data,
+    prepare_markov,
+    prepare_text,
+    reusable,
+    train_bpe_tokenizer,
+)
+from .distributed import DistInfo, all_reduce_mean, barrier, device_for, init_distributed
+from .monitor import Monitor
+from .optim import cosine_lr, make_optimizer
+from .step import NonFiniteLoss, cross_entropy, train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint stays."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended: the step reached, the last losses, speed and memory."""
+
+    step: int
+    train_loss: float  # the last evaluation's (mean over eval_steps batches)
+    val_loss: float
+    checkpoint: Path | None
+    seconds: float  # wall-clock of fit(), evaluation and checkpoints included
+    tokens_per_s: float  # training throughput, evaluation excluded
+    peak_memory_mb: float  # CUDA: peak allocated; CPU: peak resident set of the process
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a ValueError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available (try cpu or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device=mps but MPS is not available (try cpu or auto)")
+    return name
+
+
+def data_dir(config: Config) -> Path:
+    return Path(config.data.dir) if config.data.dir else Path(config.train.out_dir) / "data"
+
+
+def prepare_data(config: Config, *, progress: bool = True) -> TokenData:
+    """Tokenize the configured corpus into :func:`data_dir` (reused when already there)."""
+    d, directory = config.data, data_dir(config)
+    if d.source == "markov":
+        source = MarkovSource(d.markov_vocab_size, d.markov_order, d.markov_concentration, d.seed)
+        return prepare_markov(source, directory, n_tokens=d.markov_tokens,
+                              val_fraction=d.val_fraction, seed=d.seed)
+    if d.source == "builtin":
+        corpus = builtin_corpus()
+    elif d.source == "shakespeare":
+        corpus = tiny_shakespeare(d.path)
+    elif d.source == "text":
+        corpus = text_file(str(d.path))
+    elif d.source == "jsonl":
+        corpus = jsonl_file(str(d.path), field=d.jsonl_field)
+    else:
+        corpus = hf_dataset(d.hf_name, config=d.hf_config, split=d.hf_split,
+                            max_documents=d.max_documents)
+    spec = {"char": "char", "bpe": f"bpe:{d.bpe_vocab_size}",
+            "gpt2": f"gpt2:{d.tokenizer_path}"}[d.tokenizer]
+    if existing := reusable(directory, corpus_fingerprint(corpus, spec, d.val_fraction)):
+        return existing
+    tokenizer: TextTokenizer | None = None
+    if d.tokenizer == "gpt2":
+        tokenizer = gpt2_tokenizer(str(d.tokenizer_path))
+    elif d.tokenizer == "bpe":
+        tokenizer = train_bpe_tokenizer(corpus.text(), d.bpe_vocab_size)
+    return prepare_text(corpus, directory, tokenizer=tokenizer, tokenizer_spec=spec,
+                        val_fraction=d.val_fraction, progress=progress)
+
+
+def enable_activation_checkpointing(model: GPT) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them.
+
+    Memory for activations drops from one set per layer to about one; each step costs about one
+    extra forward pass. Parameter names (and checkpoints) are unchanged.
+    """
+    for block in model.transformer.h:
+        forward = block.forward
+        block.forward = partial(checkpoint, forward, use_reentrant=False)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Trainer:
+    """One training run: build with a :class:`Config`, then :meth:`fit`; or :meth:`resume`."""
+
+    def __init__(self, config: Config, *, dist_info: DistInfo | None = None,
+                 progress: bool | None = None) -> None:
+        self.config = config
+        t = config.train
+        device_type = resolve_device(t.device)
+        if t.dtype == "float16" and device_type != "cuda":
+            raise ValueError("train.dtype=float16 needs CUDA (it trains with a gradient scaler); "
+                             "use bfloat16 or float32 on " + device_type)
+        self.dist = dist_info or init_distributed(device_type)
+        self.device = device_for(self.dist, device_type)
+        self.progress = t.progress if progress is None else progress
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed + self.dist.rank)  # dropout differs between ranks
+        random.seed(t.seed + self.dist.rank)
+        np.random.seed(t.seed + self.dist.rank)  # noqa: NPY002  (for any legacy user code)
+
+        if self.dist.is_main:  # one process tokenizes; the others wait, then read it
+            self.data = prepare_data(config, progress=self.progress)
+        barrier(self.dist)
+        if not self.dist.is_main:
+            self.data = load_token_data(data_dir(config))
+        self.train_tokens = self.data.split("train")
+        self.val_tokens = self.data.split("val")
+        block = config.model.block_size
+        for name, tokens in (("train", self.train_tokens), ("validation", self.val_tokens)):
+            if len(tokens) <= block:
+                raise ValueError(f"the {name} split has {len(tokens)} tokens, too few for "
+                                 f"model.block_size={block}")
+
+        m = config.model
+        self.model = GPT(GPTConfig(block_size=m.block_size, vocab_size=self.data.vocab_size,
+                                   n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+                                   dropout=m.dropout, bias=m.bias)).to(self.device)
+        if t.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
+        self.optimizer = make_optimizer(self.model, t, self.device)
+        self.scaler = torch.amp.GradScaler(device_type, enabled=t.dtype == "float16")
+        self.train_model: nn.Module = self.model
+        if t.compile:
+            self.train_model = torch.compile(self.model)  # type: ignore[assignment]
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if device_type == "cuda" else None
+            self.train_model = DDP(self.train_model, device_ids=ids)
+        self.batch_generator = torch.Generator().manual_seed(t.seed)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.last_eval: dict[str, float] = {"train": math.nan, "val": math.nan}
+
+    # ------------------------------------------------------------------ pieces
+
+    def autocast(self) -> AbstractContextManager[object]:
+        dtype = self.config.train.dtype
+        if dtype == "float32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
+
+    def lr_at(self, step: int) -> float:
+        t = self.config.train
+        return cosine_lr(step, max_lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps,
+                         decay_steps=t.total_decay_steps)
+
+    def batch(self, tokens: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return get_batch(tokens, self.config.model.block_size, self.config.train.batch_size,
+                         generator=generator, device=self.device, rank=self.dist.rank,
+                         world_size=self.dist.world_size)
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.config.train
+        return t.batch_size * t.grad_accum * self.config.model.block_size * self.dist.world_size
+
+    def train_one_step(self) -> tuple[float, float, float]:
+        """One optimizer step; returns (loss, grad_norm, lr). Raises NonFiniteLoss."""
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = [self.batch(self.train_tokens, self.batch_generator)
+                 for _ in range(self.config.train.grad_accum)]
+        stats = train_step(self.train_model, self.optimizer, micro,
+                           grad_clip=self.config.train.grad_clip, autocast=self.autocast,
+                           scaler=self.scaler)
+        self.step += 1
+        return stats.loss, stats.grad_norm, lr
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over ``eval_steps`` batches of each split; the same batches every time."""
+        self.model.eval()
+        out = {}
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            generator = torch.Generator().manual_seed(self.config.train.seed + 1)
+            total = 0.0
+            for _ in range(self.config.train.eval_steps):
+                x, y = self.batch(tokens, generator)
+                with self.autocast():
+                    logits, _ = self.model(x)
+                total += float(cross_entropy(logits.float(), y))
+            out[split] = all_reduce_mean(total / self.config.train.eval_steps, self.dist,
+                                         self.device)
+        self.model.train()
+        self.last_eval = out
+        return out
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a full checkpoint (rank 0); every rank's RNG state goes into it."""
+        rng = torch.get_rng_state()
+        ranks = [rng]
+        if self.dist.enabled:
+            gathered: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(gathered, rng)
+            ranks = gathered
+        path = None
+        if self.dist.is_main:
+            path = save_training_checkpoint(
+                self.config.train.out_dir, model=self.model, optimizer=self.optimizer,
+                step=self.step, config=self.config.to_dict(), data_dir=self.data.directory,
+                batch_rng=self.batch_generator.get_state(), torch_rng=ranks,
+                scaler=self.scaler if self.scaler.is_enabled() else None,
+                keep=self.config.train.keep_checkpoints,
+                extra={"last_eval": self.last_eval, "world_size": self.dist.world_size},
+            )
+            self.last_checkpoint = path
+        barrier(self.dist)
+        return path
+
+    # ------------------------------------------------------------------ resume
+
+    @classmethod
+    def resume(cls, path: str | Path, overrides: list[str] | None = None, *,
+               dist_info: DistInfo | None = None, progress: bool | None = None) -> Trainer:
+        """A trainer in the exact state of the checkpoint at ``path`` (a run dir or checkpoint).
+
+        ``overrides`` may change settings that do not alter the model's shape or the data, e.g.
+        ``train.max_steps=4000`` to train longer.
+        """
+        directory, state = load_training_state(path)
+        config = config_from_dict(state.config, origin=str(directory))
+        if overrides:
+            config = config_from_dict(parse_overrides(overrides), base=config, origin="override")
+        trainer = cls(config, dist_info=dist_info, progress=progress)
+        meta_path = directory / "meta.json"
+        if meta_path.is_file():
+            saved = json.loads(meta_path.read_text())
+            if saved.get("tokenizer") != trainer.data.meta.get("tokenizer"):
+                raise ValueError(f"the data in {trainer.data.directory} is tokenized differently "
+                                 f"from the checkpoint {directory}")
+        load_weights(trainer.model, load_file(str(directory / WEIGHTS_NAME),
+                                              device=str(trainer.device)))
+        trainer.optimizer.load_state_dict(state.optimizer)
+        if state.scaler and trainer.scaler.is_enabled():
+            trainer.scaler.load_state_dict(state.scaler)
+        trainer.batch_generator.set_state(state.batch_rng)
+        restore_rng(state, trainer.dist.rank)
+        trainer.step = state.step
+        trainer.last_checkpoint = directory
+        last = state.extra.get("last_eval")
+        if isinstance(last, dict):
+            trainer.last_eval = {k: float(v) for k, v in last.items()}
+        return trainer
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, max_steps: int | None = None,
+            on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
+        """Train until step ``max_steps`` (default ``train.max_steps``); see the module docstring.
+
+        ``on_step(trainer)`` runs after each optimizer step (tests use it to inject faults).
+        """
+        t = self.config.train
+        target = t.max_steps if max_steps is None else max_steps
+        monitor = Monitor(t.out_dir, total_steps=target, start_step=self.step,
+                          progress=self.progress, tensorboard=t.tensorboard,
+                          enabled=self.dist.is_main)
+        if self.step == 0 and self.dist.is_main:
+            n = self.model.num_parameters()
+            monitor.message(f"training a {n / 1e6:.2f}M-parameter GPT on {self.device} "
+                            f"({self.data.meta['n_tokens']:,} tokens, vocabulary "
+                            f"{self.data.vocab_size}, {self.dist.world_size} process(es))")
+        start = time.perf_counter()
+        train_seconds, window_seconds, window_steps, steps_done = 0.0, 0.0, 0, 0
+        try:
+            while self.step < target:
+                tick = time.perf_counter()
+                try:
+                    loss, grad_norm, lr = self.train_one_step()
+                except NonFiniteLoss as e:
+                    where = (f"the last good checkpoint is {self.last_checkpoint}"
+                             if self.last_checkpoint else "no checkpoint was written yet")
+                    raise TrainingDiverged(
+                        f"stopped at step {self.step}: {e}. The weights were not updated with it; "
+                        f"{where}. Try a lower train.lr, train.grad_clip, or train.dtype=float32."
+                    ) from None
+                if on_step is not None:
+                    on_step(self)
+                elapsed = time.perf_counter() - tick
+                train_seconds += elapsed
+                window_seconds += elapsed
+                window_steps += 1
+                steps_done += 1
+                monitor.advance()
+                if self.step % t.log_interval == 0 or self.step == target:
+                    speed = window_steps * self.tokens_per_step / max(window_seconds, 1e-9)
+                    monitor.log_train(self.step, loss=loss, lr=lr, tokens_per_s=speed,
+                                      grad_norm=grad_norm)
+                    window_seconds, window_steps = 0.0, 0
+                if self.step % t.eval_interval == 0 or self.step == target:
+                    losses = self.evaluate()
+                    monitor.log_eval(self.step, train_loss=losses["train"], val_loss=losses["val"])
+                if self.step % t.every_checkpoint == 0 or self.step == target:
+                    self.save_checkpoint()
+        finally:
+            monitor.close(plot=t.plot)
+        speed = steps_done * self.tokens_per_step / train_seconds if train_seconds else math.nan
+        return TrainResult(
+            step=self.step, train_loss=self.last_eval["train"], val_loss=self.last_eval["val"],
+            checkpoint=self.last_checkpoint, seconds=time.perf_counter() - start,
+            tokens_per_s=speed, peak_memory_mb=peak_memory_mb(self.device),
+        )
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, **changes: Any) -> list[str]:
+        """Text from the model with the ``sample`` section (fields overridable by keyword)."""
+        s = dataclasses.replace(self.config.sample, **changes)
+        return sample_text(self.model, self.data.tokenizer(), s, self.device)
+
+
+def sample_text(model: GPT, tokenizer: TextTokenizer, s: Any, device: torch.device) -> list[str]:
+    """``s.num_samples`` continuations of ``s.prompt`` (a :class:`SampleSection`), as text."""
+    ids = tokenizer.encode(s.prompt) if s.prompt else []
+    if not ids:
+        eot = getattr(tokenizer, "eot_id", None)
+        if eot is None:
+            raise ValueError("sample.prompt is empty: give at least one character to start from")
+        ids = [eot]
+    idx = torch.tensor([ids] * s.num_samples, dtype=torch.long, device=device)
+    idx = idx[:, -model.config.block_size :]
+    out = generate(model, idx, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                   top_p=s.top_p, seed=s.seed)
+    return [s.prompt + tokenizer.decode(row[idx.shape[1] :].tolist()) for row in out]
