@@ -32,8 +32,8 @@ import tiktoken
 from benchmarks.conftest import device_name
 from reference import bpe as ref
 from solutions import bpe as sol
-from tests.outcomes import ROOT
 
+ROOT = Path(__file__).resolve().parent.parent
 EOT = "<|endoftext|>"
 VOCAB_SIZE = 10_000
 TRAIN_MB = 5
