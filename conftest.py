@@ -3,7 +3,9 @@
 Every spec in ``specs/test_<component>.py`` declares ``COMPONENT = "<component>"`` and asks for
 the ``impl`` fixture. ``impl`` is the module ``<package>.<component>`` of one implementation:
 
-* ``reference`` and ``solutions`` in the default run (``pytest``);
+* ``reference`` and ``solutions`` in the default run (``pytest``); a spec of a chapter the library
+  has no use for (the NumPy backprop engine) sets ``IN_LIBRARY = False`` and runs on the
+  solutions only;
 * ``exercises`` for the thin files in ``exercises/`` (``pytest exercises``);
 * whatever ``--impl`` names, when given (repeatable).
 
@@ -68,6 +70,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not chosen:
         under_exercises = (ROOT / "exercises") in Path(metafunc.definition.path).parents
         chosen = ["exercises"] if under_exercises else ["reference", "solutions"]
+    if not getattr(metafunc.module, "IN_LIBRARY", True):
+        chosen = [name for name in chosen if name != "reference"]
     mutants = _mutants(metafunc.config)
     params: list[Any] = list(chosen)
     if mutants:

@@ -24,6 +24,16 @@ import math
 import torch
 from torch import Tensor
 
+# Given code from the library: input validation at the edges (a message naming the bad shape
+# instead of a broadcasting error deep inside), and the causal mask, j <= i (top-left aligned):
+# causal_mask(2, 3) is [[True, False, False], [True, True, False]].
+from reference.attention import (
+    causal_mask,
+    check_attention_inputs,
+    check_gpt2_weights,
+    check_mha_weights,
+)
+
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     """Numerically stable softmax of ``x`` along ``dim``.
@@ -52,59 +62,6 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     raise NotImplementedError("exercises/attention.py::softmax is a stub: fill it in (task attention), then run `pytest exercises -m attention`")
 
 
-# Validation at the edges: a clear error naming the bad value instead of a broadcasting error
-# deep inside. (Given, not part of the exercises; the reference reuses them.)
-
-
-def _check_attention_inputs(
-    q: Tensor, k: Tensor, mask: Tensor | None, v: Tensor | None = None
-) -> None:
-    if q.dim() < 2 or k.dim() < 2:
-        raise ValueError(
-            f"q and k need at least 2 dims (..., T, d); got q {tuple(q.shape)}, k {tuple(k.shape)}"
-        )
-    if q.size(-1) != k.size(-1):
-        raise ValueError(
-            f"q and k must share the last dim d; got q {tuple(q.shape)}, k {tuple(k.shape)}"
-        )
-    if v is not None and v.size(-2) != k.size(-2):
-        raise ValueError(
-            f"k and v must have the same number of keys; got k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if mask is not None and mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = may attend); got {mask.dtype}")
-
-
-def _check_mha_weights(query: Tensor, in_proj_weight: Tensor, out_proj_weight: Tensor) -> None:
-    E = query.size(-1)
-    if query.dim() != 3 or in_proj_weight.shape != (3 * E, E) or out_proj_weight.shape != (E, E):
-        raise ValueError(
-            f"expected query (B, T, E), in_proj_weight (3E, E), out_proj_weight (E, E); got "
-            f"{tuple(query.shape)}, {tuple(in_proj_weight.shape)}, {tuple(out_proj_weight.shape)}"
-        )
-
-
-def _check_gpt2_weights(x: Tensor, c_attn_weight: Tensor, c_proj_weight: Tensor) -> None:
-    C = x.size(-1)
-    if x.dim() != 3 or c_attn_weight.shape != (3 * C, C) or c_proj_weight.shape != (C, C):
-        raise ValueError(
-            f"expected x (B, T, C), c_attn_weight (3C, C), c_proj_weight (C, C); got "
-            f"{tuple(x.shape)}, {tuple(c_attn_weight.shape)}, {tuple(c_proj_weight.shape)}"
-        )
-
-
-def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
-    """The (t_q, t_k) bool mask where query i may attend key j iff j <= i (top-left aligned).
-
-    Example::
-
-        >>> causal_mask(2, 3)
-        tensor([[ True, False, False],
-                [ True,  True, False]])
-    """
-    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril()
-
-
 def attention_weights(
     q: Tensor, k: Tensor, mask: Tensor | None = None, is_causal: bool = False
 ) -> Tensor:
@@ -129,7 +86,7 @@ def attention_weights(
     Hints: ``k.transpose(-2, -1)``; fill masked logits with ``-inf`` (``masked_fill``) so
     their weight is exactly 0; softmax over the last dim (the keys).
     """
-    _check_attention_inputs(q, k, mask)
+    check_attention_inputs(q, k, mask)
     raise NotImplementedError("exercises/attention.py::attention_weights is a stub: fill it in (task attention), then run `pytest exercises -m attention`")
 
 
@@ -147,7 +104,7 @@ def scaled_dot_product_attention(
     Worked example: with q, k as in :func:`attention_weights` (causal) and
     ``v = [[1, 0], [0, 1]]`` the output equals the weights: ``[[1, 0], [0.8808, 0.1192]]``.
     """
-    _check_attention_inputs(q, k, mask, v)
+    check_attention_inputs(q, k, mask, v)
     raise NotImplementedError("exercises/attention.py::scaled_dot_product_attention is a stub: fill it in (task attention), then run `pytest exercises -m attention`")
 
 
@@ -213,7 +170,7 @@ def multi_head_attention(
     Hint: ``in_proj_weight.chunk(3)``; reuse :func:`split_heads`,
     :func:`scaled_dot_product_attention` and :func:`merge_heads`.
     """
-    _check_mha_weights(query, in_proj_weight, out_proj_weight)
+    check_mha_weights(query, in_proj_weight, out_proj_weight)
     raise NotImplementedError("exercises/attention.py::multi_head_attention is a stub: fill it in (task attention), then run `pytest exercises -m attention`")
 
 
@@ -234,5 +191,5 @@ def causal_self_attention(
 
     Hint: ``(x @ c_attn_weight.T + c_attn_bias).chunk(3, dim=-1)`` gives q, k, v, each (B, T, C).
     """
-    _check_gpt2_weights(x, c_attn_weight, c_proj_weight)
+    check_gpt2_weights(x, c_attn_weight, c_proj_weight)
     raise NotImplementedError("exercises/attention.py::causal_self_attention is a stub: fill it in (task attention), then run `pytest exercises -m attention`")

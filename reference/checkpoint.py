@@ -7,8 +7,8 @@ A checkpoint is a directory::
                         ``lm_head.weight`` (it is ``transformer.wte.weight``)
 
 safetensors holds raw tensors and a JSON header, so loading runs no code (unlike pickle, which
-``torch.load`` would need). Each file is written to a temporary name beside it and moved into
-place with ``os.replace``, so a crash mid-save leaves the previous file whole.
+``torch.load`` would need). Each file is written atomically (``reference/atomic.py``), so a crash
+mid-save leaves the previous file whole.
 
 Example::
 
@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .atomic import atomic_path, write_json
 from .model import GPT, GPTConfig
 
 CONFIG_NAME = "config.json"
@@ -38,26 +36,6 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "llm-from-scratch-gpt"
 FORMAT_VERSION = 1
 TIED_KEYS = ("lm_head.weight",)  # shares its tensor with transformer.wte.weight
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)  # atomic on POSIX and Windows when on the same filesystem
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def save_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Tensor]) -> None:

@@ -7,7 +7,6 @@ Commands::
     resume    RUN_DIR [section.key=value ...]           continue a run from its last checkpoint
     generate  CHECKPOINT [--prompt TEXT] [--temperature T] [--top-k K] [--top-p P] [--seed S]
               [--max-new-tokens N] [--num-samples N]    text from a trained model
-    demo      ...                                       the guided demo (reference.demo)
 
 With no arguments, ``train`` runs the main job: a small character-level GPT on the built-in
 corpus (Python's own documentation), a few minutes on a laptop CPU, no download; then a sample.
@@ -65,16 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--num-samples", type=int, default=1)
     gen.add_argument("--device", default="cpu")
-    sub.add_parser("demo", help="the guided demo", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["demo"]:
-        from . import demo  # type: ignore[attr-defined, unused-ignore]
-
-        return int(demo.main(args_list[1:]) or 0)
     if not args_list:
         args_list = ["train"]
     args = _parser().parse_args(args_list)

@@ -1,6 +1,6 @@
 """The spec's functional API (``specs/test_gpt.py``) on top of the reference model.
 
-Each function takes weights as a dict with GPT-2's names, as ``solutions.gpt`` does, and runs
+Each function takes weights as a dict with GPT-2's names, as the spec does, and runs
 the reference modules of ``reference/model.py`` with those tensors swapped in
 (``torch.func.functional_call``): the modules are built on the ``meta`` device, so nothing is
 allocated twice, and gradients flow to the tensors passed in. Sampling is ``reference/generate.py``.
@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from solutions.gpt.positional import sinusoidal_positional_encoding
-
 from . import model as _model
 from .generate import generate as _generate
 from .generate import sample_next_token, top_k_filter, top_p_filter
 from .model import GPT, MLP, Block, GPTConfig
+from .positional import sinusoidal_positional_encoding
 
 __all__ = [
     "GPTConfig",

@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .checkpoint import TIED_KEYS, load_weights, save_safetensors, write_json
+from .atomic import write_json
+from .checkpoint import TIED_KEYS, load_weights, save_safetensors
 from .model import GPT, LAYER_NORM_EPS, GPTConfig
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

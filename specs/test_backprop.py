@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 COMPONENT = "backprop"
+IN_LIBRARY = False  # the library trains with torch's autograd: no NumPy engine in reference/
 pytestmark = pytest.mark.backprop
 
 ACTIVATIONS = ("relu", "gelu", "tanh")

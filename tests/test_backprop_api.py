@@ -1,8 +1,8 @@
 """The backprop component's edges and extras, beyond the spec (which runs on every implementation).
 
-Here, against the worked solutions and the reference only: clear errors at the public entry
-points, the dataset generator and training loop (given code, not exercises), the docstring
-examples, and that the reference re-exports exactly the solutions' API.
+Here, against the worked solutions (the library has no NumPy engine): clear errors at the public
+entry points, the dataset generator and training loop (given code, not exercises), and the
+docstring examples.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import re
 import numpy as np
 import pytest
 
-import reference.backprop
-import solutions.backprop
 from solutions.backprop import (
     TorchMLP,
     Value,
@@ -38,12 +36,6 @@ def test_docstring_examples_are_true(module: str) -> None:
     mod = importlib.import_module(f"solutions.backprop.{module}")
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {module} are wrong"
-
-
-def test_reference_reexports_the_solutions_api() -> None:
-    assert reference.backprop.__all__ == solutions.backprop.__all__
-    for name in solutions.backprop.__all__:
-        assert getattr(reference.backprop, name) is getattr(solutions.backprop, name), name
 
 
 # --- dataset and training loop (given code) ---------------------------------------------------

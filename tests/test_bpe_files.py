@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import tiktoken
 
+from reference import atomic
 from reference import bpe as ref
-from solutions.bpe import files
 from tests.outcomes import ROOT
 
 pytestmark = pytest.mark.bpe
@@ -113,8 +111,7 @@ def test_a_failed_save_leaves_the_old_file(trained: ref.Tokenizer, tmp_path: Pat
     def replace(*args: Any) -> None:
         raise OSError("disk full")
 
-    fake_os = SimpleNamespace(fdopen=os.fdopen, fsync=os.fsync, replace=replace)
-    monkeypatch.setattr(files, "os", fake_os)
+    monkeypatch.setattr(atomic.os, "replace", replace)  # every write goes through reference.atomic
     with pytest.raises(OSError, match="disk full"):
         trained.save(path)
     assert path.read_bytes() == before

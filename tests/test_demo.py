@@ -1,4 +1,4 @@
-"""The components demo (``python -m reference demo``) runs end to end and writes its heatmap."""
+"""The components demo (``python -m solutions.demo``) runs end to end and writes its heatmap."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference import demo
+from solutions import demo
 
 
 def test_demo_trains_the_mlp_and_writes_a_heatmap(

@@ -112,11 +112,3 @@ def test_each_spec_is_marked_with_its_registered_component() -> None:
         assert component in {m.name for m in marks}, (
             f"{path}: set pytestmark = pytest.mark.{component}"
         )
-
-
-def test_given_module_becomes_a_reexport_not_a_copy() -> None:
-    source = '"""Files: formats."""\n\nX = 1\n_hidden = 2\n\n\ndef load() -> None: ...\n'
-    stub = make_exercises.reexport(source, "solutions.bpe.files")
-    assert "from solutions.bpe.files import (\n    X,\n    load,\n)\n" in stub
-    assert '__all__ = ["X", "load"]' in stub
-    assert stub.startswith('"""Files: formats.') and "_hidden" not in stub

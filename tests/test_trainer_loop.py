@@ -285,18 +285,3 @@ def test_cli_rejects_bad_settings_naming_them(
     assert "no checkpoint in" in capsys.readouterr().err
     assert cli.main(["prepare", f"train.out_dir={tmp_path}", "train.progress=false"]) == 0
     assert "tokens" in capsys.readouterr().out
-
-
-def test_cli_demo_is_dispatched_to_reference_demo(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
-
-    seen: list[list[str]] = []
-    fake = types.ModuleType("reference.demo")
-    fake.main = lambda argv: seen.append(list(argv)) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "reference.demo", fake)
-    import reference
-
-    monkeypatch.setattr(reference, "demo", fake, raising=False)
-    assert cli.main(["demo", "--fast"]) == 0
-    assert seen == [["--fast"]]

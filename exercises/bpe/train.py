@@ -19,27 +19,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from reference.bpe.trainer import check_train_args  # given: argument checks
+
 from .merge import merge
 from .pretokenize import pretokenize, split_on_special_tokens
 from .stats import get_pair_counts
-
-
-def check_train_args(text: object, vocab_size: object, special_tokens: Sequence[str]) -> None:
-    """Raise a clear TypeError/ValueError for arguments ``train_bpe`` cannot use (given)."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
-    for token in special_tokens:
-        if not isinstance(token, str) or not token:
-            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
-    if len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special tokens must be distinct, got {list(special_tokens)}")
-    if vocab_size < 256 + len(special_tokens):
-        raise ValueError(
-            f"vocab_size={vocab_size} is too small: it must hold the 256 byte tokens plus "
-            f"{len(special_tokens)} special token(s), so at least {256 + len(special_tokens)}"
-        )
 
 
 def best_pair(counts: dict[tuple[int, int], int], vocab: dict[int, bytes]) -> tuple[int, int]:

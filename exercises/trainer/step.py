@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from reference.trainer.step import StepStats  # given: what a step reports
+
 from .clip import clip_grad_norm
 from .loss import cross_entropy
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """What one training step reports: the batch's mean loss and the pre-clip gradient norm."""
-
-    loss: float
-    grad_norm: float
 
 
 def train_step(

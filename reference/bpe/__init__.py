@@ -1,6 +1,6 @@
 """The byte-level BPE tokenizer, production version (task `bpe`).
 
-Same public API as ``solutions.bpe`` (the specs run on both), plus:
+The bpe spec's public API (``specs/test_bpe.py`` runs on it and on the course), plus:
 
 * :func:`train_bpe` with incremental pair counts, ``processes=`` for parallel pre-tokenization
   and a progress bar; :func:`train_bpe_from_file` for corpora larger than memory;
@@ -10,27 +10,21 @@ Same public API as ``solutions.bpe`` (the specs run on both), plus:
   :func:`describe_vocab`;
 * a command line: ``python -m reference.bpe train|encode|inspect`` (``--help``).
 
-The pair statistics, single merge, special-token split and file formats are the solutions' own
-code (``from solutions.bpe import ...``): one source of truth.
+The course's tokenizer (``solutions/bpe``) takes the file formats, the pre-tokenizer pattern and
+the argument checks from here as given code.
 """
 
-from solutions.bpe import (
-    GPT2_SPLIT_PATTERN,
-    get_pair_counts,
-    load_model,
-    load_tiktoken_ranks,
-    merge,
-    save_model,
-    split_on_special_tokens,
-)
-
+from .files import load_model, load_tiktoken_ranks, save_model
 from .gpt2_files import bytes_to_unicode, load_gpt2_files, token_to_string
+from .pairs import get_pair_counts, merge
 from .pretokenize import (
+    GPT2_SPLIT_PATTERN,
     chunk_boundaries,
     count_pretokens,
     count_pretokens_in_file,
     iter_text_blocks,
     pretokenize,
+    split_on_special_tokens,
 )
 from .tokenizer import Tokenizer
 from .trainer import train_bpe, train_bpe_from_file, train_from_counts

@@ -1,7 +1,7 @@
 """The production BPE trainer: incremental pair counts, a heap, parallel pre-tokenization.
 
-Same result as ``solutions.bpe.train_bpe`` (the tests check it merge for merge), but instead of
-recounting every pair after each merge it keeps:
+Same result as the course's ``solutions.bpe.train_bpe`` (the tests check it merge for merge), but
+instead of recounting every pair after each merge it keeps:
 
 * ``counts``: pair -> count over all words (each distinct word weighted by its frequency);
 * ``where``: pair -> the words that may contain it (a superset: stale entries are skipped);
@@ -25,13 +25,29 @@ from os import PathLike
 
 from tqdm import tqdm
 
-from solutions.bpe.train import check_train_args
-
 from .pretokenize import DEFAULT_CHUNK_SIZE, count_pretokens, count_pretokens_in_file
 from .vocab import build_vocab
 
 Pair = tuple[int, int]
 _END = chr(257)  # sorts after every chr(256 - byte): a shorter string sorts after its extensions
+
+
+def check_train_args(text: object, vocab_size: object, special_tokens: Sequence[str]) -> None:
+    """Raise a clear TypeError/ValueError for arguments ``train_bpe`` cannot use."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
+    for token in special_tokens:
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be distinct, got {list(special_tokens)}")
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: it must hold the 256 byte tokens plus "
+            f"{len(special_tokens)} special token(s), so at least {256 + len(special_tokens)}"
+        )
 
 
 def train_bpe(
@@ -42,7 +58,7 @@ def train_bpe(
     processes: int = 1,
     progress: bool | None = None,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """Train byte-level BPE on ``text``; the contract of ``solutions.bpe.train_bpe``.
+    """Train byte-level BPE on ``text``; the contract of the bpe spec's ``train_bpe``.
 
     ``processes``: pre-tokenize in that many processes (chunks cut at special tokens); the
     workers are started with "spawn", so a script must call this under

@@ -5,10 +5,10 @@ Modules: ``corpora`` (where text comes from), ``chars`` and ``data`` (tokens on 
 (the :class:`Trainer`), ``checkpoint`` (full training state), ``distributed`` (DDP),
 ``monitor`` (progress, metrics, TensorBoard, curves).
 
-This package is also the spec adapter of ``specs/test_trainer.py``: it exposes the names of
-``solutions.trainer``. The reference's own versions are the production ones (vectorised
-batches, torch's fused loss, AdamW and clipping, a step with mixed precision and DDP); the
-one-step AdamW update and the schedule are the solutions' own, which are already the clearest.
+This package also exposes the public API of ``specs/test_trainer.py``: the production versions
+(vectorised batches, torch's fused loss, AdamW and clipping, a step with mixed precision and
+DDP), and the library's own copies of the one-tensor AdamW update and the schedule, whose clear
+versions are also the best ones.
 """
 
 from .data import get_batch

@@ -12,41 +12,41 @@ training checkpoint is also a model checkpoint that ``generate`` loads. A run di
             tokenizer.json       the BPE tokenizer, when there is one
             optimizer.safetensors  AdamW's moment tensors and step counts, flattened by name
             rng.safetensors      the torch RNG state of every rank, the batch generator's state
-            trainer.json         step, optimizer hyper-parameters, grad-scaler state, Python
-                                 and NumPy RNG states, the run's whole config
+            trainer.json         step, optimizer hyper-parameters, grad-scaler state, the last
+                                 evaluation, the run's whole config
 
 Nothing is unpickled on load: tensors come from safetensors, the rest from JSON.
 
-Writing is atomic at the level of the whole checkpoint: files go into a hidden temporary
-directory, which is renamed to ``step-NNNNNN`` when complete; only then is ``latest`` replaced
-(itself atomically). A crash at any point leaves the previous checkpoint and ``latest`` intact.
+Writing is atomic at the level of the whole checkpoint (``reference/atomic.py``): files go into a
+hidden temporary directory, which is renamed to ``step-NNNNNN`` when complete; only then is
+``latest`` replaced (itself atomically), and only then are old checkpoints pruned, by step number.
+A crash at any point leaves the previous checkpoint and ``latest`` intact.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..checkpoint import atomic_path, save_checkpoint, save_safetensors, write_json
+from ..atomic import atomic_directory, atomic_open, atomic_write_text, write_json
+from ..checkpoint import save_checkpoint, save_safetensors
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
 TRAINER_NAME = "trainer.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 RNG_NAME = "rng.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 also held Python and NumPy RNG states, which training never used
+READABLE_VERSIONS = (1, 2)
 
 
 def checkpoint_name(step: int) -> str:
@@ -55,49 +55,33 @@ def checkpoint_name(step: int) -> str:
 
 @dataclass(frozen=True)
 class TrainingState:
-    """What a training checkpoint holds besides the model weights."""
+    """What a training checkpoint holds besides the model weights: what resuming uses, no more."""
 
     step: int
     config: dict[str, Any]  # Config.to_dict()
     optimizer: dict[str, Any]  # an optimizer state_dict
     scaler: dict[str, Any]  # a GradScaler state_dict (empty when not used)
-    torch_rng: list[Tensor]  # one per rank
-    cuda_rng: list[Tensor]  # this node's devices (empty on CPU)
-    batch_rng: Tensor  # the batch generator's state
-    python_rng: Any
-    numpy_rng: Any
-    extra: dict[str, Any]
+    torch_rng: list[Tensor]  # one per rank: dropout
+    cuda_rng: list[Tensor]  # this node's devices (empty on CPU): dropout on CUDA
+    batch_rng: Tensor  # the batch generator's state: which windows come next
+    last_eval: dict[str, float]  # the last evaluation's losses, reported when the run ends
 
 
-def capture_rng() -> tuple[Tensor, list[Tensor], Any, Any]:
-    """This process's torch CPU, CUDA, Python and NumPy RNG states."""
+def capture_rng() -> tuple[Tensor, list[Tensor]]:
+    """This process's torch CPU and CUDA RNG states (the only randomness training draws)."""
     cuda = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []
-    legacy_numpy = np.random.get_state()  # noqa: NPY002  (the global RNG is what we save)
-    return torch.get_rng_state(), cuda, random.getstate(), legacy_numpy
+    return torch.get_rng_state(), cuda
 
 
 def restore_rng(state: TrainingState, rank: int = 0) -> None:
     torch.set_rng_state(state.torch_rng[rank % len(state.torch_rng)])
     if state.cuda_rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state.cuda_rng[: torch.cuda.device_count()])
-    random.setstate(_tuplify(state.python_rng))
-    kind, keys, pos, has_gauss, cached = state.numpy_rng
-    np.random.set_state(  # noqa: NPY002
-        (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
-    )
-
-
-def _tuplify(x: Any) -> Any:
-    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, Tensor):
         return x.item() if x.numel() == 1 else x.tolist()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
@@ -146,25 +130,26 @@ def save_training_checkpoint(
     torch_rng: list[Tensor] | None = None,
     scaler: torch.amp.GradScaler | None = None,
     keep: int = 2,
-    extra: dict[str, Any] | None = None,
+    last_eval: dict[str, float] | None = None,
 ) -> Path:
     """Write a complete checkpoint of step ``step`` under ``run_dir/checkpoints``; return it.
 
     ``torch_rng`` lists every rank's torch RNG state (default: this process's). Keeps the
-    ``keep`` newest checkpoints and deletes older ones (after the new one is complete).
+    ``keep`` newest checkpoints (by step number) and deletes older ones, after the new one is
+    complete and ``latest`` names it.
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-    try:
+    with atomic_directory(final) as tmp:
         save_checkpoint(model, tmp)  # type: ignore[arg-type]  # config.json + model.safetensors
         for name in ("meta.json", "tokenizer.json"):
             if (data_dir / name).is_file():
-                shutil.copyfile(data_dir / name, tmp / name)
+                with atomic_open(tmp / name, "wb") as f:
+                    f.write((data_dir / name).read_bytes())
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
         save_safetensors(tmp / OPTIMIZER_NAME, tensors)
-        cpu_rng, cuda_rng, py_rng, np_rng = capture_rng()
+        cpu_rng, cuda_rng = capture_rng()
         ranks = torch_rng if torch_rng is not None else [cpu_rng]
         rng = {f"torch.rank{i}": t for i, t in enumerate(ranks)}
         rng |= {f"cuda.{i}": t for i, t in enumerate(cuda_rng)} | {"batch": batch_rng}
@@ -174,32 +159,29 @@ def save_training_checkpoint(
             "step": step,
             "optimizer": rest,
             "scaler": _jsonable(scaler.state_dict() if scaler is not None else {}),
-            "python_rng": _jsonable(py_rng),
-            "numpy_rng": _jsonable(np_rng),
             "config": config,
-            "extra": extra or {},
+            "last_eval": last_eval or {},
         })
-        if final.exists():  # the same step saved again (after a resume): swap it out
-            trash = root / f".{final.name}.old"
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)  # a directory rename: atomic on one filesystem
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    with atomic_path(root / LATEST_NAME) as pointer:
-        pointer.write_text(final.name + "\n")
+    atomic_write_text(root / LATEST_NAME, final.name + "\n")
     _prune(root, keep)
     return final
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step number of a checkpoint directory named ``step-N``; None for any other name."""
+    prefix, _, digits = path.name.partition("-")
+    return int(digits) if prefix == "step" and digits.isdigit() else None
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint directories under ``root``, oldest step first (by number, not by name)."""
+    steps = {p: checkpoint_step(p) for p in root.glob("step-*") if p.is_dir()}
+    return sorted((p for p, n in steps.items() if n is not None), key=lambda p: steps[p] or 0)
+
+
 def _prune(root: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints, and leftovers of interrupted saves."""
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in steps[:-keep]:
+    for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for leftover in root.glob(".step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -229,9 +211,9 @@ def load_training_state(path: str | os.PathLike[str]) -> tuple[Path, TrainingSta
         raise FileNotFoundError(f"{directory} is a model checkpoint without training state "
                                 f"({TRAINER_NAME}): it can generate but not resume")
     raw = json.loads(trainer_json.read_text())
-    if raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{trainer_json}: format_version {raw.get('format_version')!r}, "
-                         f"expected {FORMAT_VERSION}")
+                         f"expected one of {list(READABLE_VERSIONS)}")
     optimizer = _join_optimizer_state(load_file(str(directory / OPTIMIZER_NAME)), raw["optimizer"])
     rng = load_file(str(directory / RNG_NAME))
     torch_rng = [rng[k] for k in sorted((k for k in rng if k.startswith("torch.rank")),
@@ -241,6 +223,6 @@ def load_training_state(path: str | os.PathLike[str]) -> tuple[Path, TrainingSta
     state = TrainingState(
         step=int(raw["step"]), config=raw["config"], optimizer=optimizer, scaler=raw["scaler"],
         torch_rng=torch_rng, cuda_rng=cuda_rng, batch_rng=rng["batch"],
-        python_rng=raw["python_rng"], numpy_rng=raw["numpy_rng"], extra=raw.get("extra", {}),
+        last_eval={k: float(v) for k, v in raw.get("last_eval", {}).items()},
     )
     return directory, state

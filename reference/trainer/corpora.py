@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from bisect import bisect_right
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from ..atomic import atomic_open
 
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -232,28 +233,21 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Pat
     if dest.is_file() and sha256_file(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with atomic_open(dest, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for block in iter(lambda: resp.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
-        if digest.hexdigest() != sha256:
-            raise ValueError(
-                f"{url}: SHA-256 {digest.hexdigest()} does not match the expected {sha256}"
-            )
-        os.replace(tmp, dest)
+            if digest.hexdigest() != sha256:  # inside the block: the file is then discarded
+                raise ValueError(
+                    f"{url}: SHA-256 {digest.hexdigest()} does not match the expected {sha256}"
+                )
     except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
         raise ConnectionError(
             f"could not download {url} ({e}); no network? Give a local copy instead "
             "(e.g. data.path=/path/to/input.txt)"
         ) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..checkpoint import write_json
+from ..atomic import atomic_open, write_json
 from .chars import CharTokenizer
 from .corpora import Corpus, MarkovSource
 
@@ -214,21 +213,15 @@ def write_token_file(
     directory.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(vocab_size)
     (directory / META_NAME).unlink(missing_ok=True)  # unfinished until the new meta lands
-    fd, tmp_name = tempfile.mkstemp(prefix=".tokens.", suffix=".tmp", dir=directory)
     n = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in ids:
-                arr = np.asarray(chunk, dtype=np.int64)
-                if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-                    bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
-                    raise ValueError(f"token id {bad} outside the vocabulary [0, {vocab_size})")
-                arr.astype(dtype).tofile(f)
-                n += arr.size
-        os.replace(tmp_name, directory / TOKENS_NAME)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(directory / TOKENS_NAME, "wb") as f:
+        for chunk in ids:
+            arr = np.asarray(chunk, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+                raise ValueError(f"token id {bad} outside the vocabulary [0, {vocab_size})")
+            arr.astype(dtype).tofile(f)
+            n += arr.size
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     if n - n_val < 2:
         raise ValueError(f"only {n} tokens: too few to train on")
@@ -352,8 +345,8 @@ def get_batch(
 ) -> tuple[Tensor, Tensor]:
     """``batch_size`` random windows of ``data`` and their next tokens, int64, on ``device``.
 
-    The contract of ``solutions.trainer.get_batch`` (starts from ``torch.randint(len(data) -
-    block_size, ...)`` with ``generator``), vectorised: one fancy-indexed read of the memmap.
+    The trainer spec's contract (starts from ``torch.randint(len(data) - block_size, ...)`` with
+    ``generator``), vectorised: one fancy-indexed read of the memmap.
 
     Data-parallel training draws the *global* batch of ``world_size * batch_size`` starts from
     the same generator on every rank and keeps this ``rank``'s slice, so N processes see exactly

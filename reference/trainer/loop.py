@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import resource
 import time
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -169,8 +167,6 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed + self.dist.rank)  # dropout differs between ranks
-        random.seed(t.seed + self.dist.rank)
-        np.random.seed(t.seed + self.dist.rank)  # noqa: NPY002  (for any legacy user code)
 
         if self.dist.is_main:  # one process tokenizes; the others wait, then read it
             self.data = prepare_data(config, progress=self.progress)
@@ -275,7 +271,7 @@ class Trainer:
                 batch_rng=self.batch_generator.get_state(), torch_rng=ranks,
                 scaler=self.scaler if self.scaler.is_enabled() else None,
                 keep=self.config.train.keep_checkpoints,
-                extra={"last_eval": self.last_eval, "world_size": self.dist.world_size},
+                last_eval=self.last_eval,
             )
             self.last_checkpoint = path
         barrier(self.dist)
@@ -311,9 +307,8 @@ class Trainer:
         restore_rng(state, trainer.dist.rank)
         trainer.step = state.step
         trainer.last_checkpoint = directory
-        last = state.extra.get("last_eval")
-        if isinstance(last, dict):
-            trainer.last_eval = {k: float(v) for k, v in last.items()}
+        if state.last_eval:
+            trainer.last_eval = dict(state.last_eval)
         return trainer
 
     # ------------------------------------------------------------------ the loop

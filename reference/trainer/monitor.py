@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..checkpoint import atomic_path
+from ..atomic import atomic_path
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"

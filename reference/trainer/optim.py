@@ -14,10 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from solutions.trainer.optim import adamw_step
-from solutions.trainer.schedule import cosine_lr
-
 from .config import TrainSection
+from .schedule import cosine_lr
 
 __all__ = ["AdamW", "adamw_step", "clip_grad_norm", "cosine_lr", "make_optimizer", "param_groups"]
 
@@ -54,6 +52,42 @@ def make_optimizer(
         eps=train.eps,
         fused=device.type == "cuda",
     )
+
+
+@torch.no_grad()
+def adamw_step(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+) -> None:
+    """One AdamW update of ``param`` (and of its moments ``exp_avg``, ``exp_avg_sq``) in place;
+    ``step`` counts from 1. ``torch.optim.AdamW``'s rule, for one tensor.
+
+    The trainer uses ``torch.optim.AdamW`` itself (foreach/fused kernels); this is the library's
+    copy of the clear one-tensor version (derived in ``solutions/trainer/optim.py``).
+
+    Example::
+
+        >>> p, m, v = torch.tensor([1.0]), torch.zeros(1), torch.zeros(1)
+        >>> adamw_step(p, torch.tensor([0.5]), m, v, step=1, lr=0.1, weight_decay=0.1)
+        >>> p
+        tensor([0.8900])
+    """
+    beta1, beta2 = betas
+    param.mul_(1 - lr * weight_decay)  # decoupled decay: not through the gradient
+    exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    denom = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)  # sqrt(v_hat) + eps
+    param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)  # - lr * m_hat / denom
 
 
 def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:

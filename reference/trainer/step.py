@@ -1,7 +1,7 @@
 """The inner training step as the reference runs it: accumulation, mixed precision, DDP.
 
-Same contract as ``solutions.trainer.train_step`` (one optimizer step whose gradient is that of
-all micro-batches as one batch), plus what a real run needs:
+The trainer spec's ``train_step`` (one optimizer step whose gradient is that of all micro-batches
+as one batch), plus what a real run needs:
 
 * ``autocast``: a context for the forward pass (bf16 on CPU and CUDA, fp16 on CUDA);
 * ``scaler``: fp16's gradient scaler (scales the loss up so small gradients survive fp16, then
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -23,9 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from solutions.trainer.step import StepStats
-
 __all__ = ["NonFiniteLoss", "StepStats", "cross_entropy", "train_step"]
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one training step reports: the batch's mean loss and the pre-clip gradient norm."""
+
+    loss: float
+    grad_norm: float  # nan when the step does not clip (the norm is then not computed)
 
 
 class NonFiniteLoss(FloatingPointError):

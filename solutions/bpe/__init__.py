@@ -17,7 +17,8 @@ The vocabulary maps id -> bytes: ids 0..255 are the single bytes, then one id pe
 order learned, then the special tokens. Run ``pytest exercises -m bpe`` to check yours.
 """
 
-from .files import load_model, load_tiktoken_ranks, save_model
+from reference.bpe.files import load_model, load_tiktoken_ranks, save_model  # given
+
 from .merge import merge
 from .pretokenize import GPT2_SPLIT_PATTERN, pretokenize, split_on_special_tokens
 from .stats import get_pair_counts

@@ -19,22 +19,13 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-import regex
+# Given code from the library: GPT-2's pattern (contractions, a word with its optional leading
+# space, a number, a run of punctuation, runs of whitespace) and ``pretokenize``, which applies it:
+# pretokenize("Hello world, it's  42!") is
+# ['Hello', ' world', ',', ' it', "'s", ' ', ' 42', '!']; the pieces concatenate back to the text.
+from reference.bpe.pretokenize import GPT2_SPLIT_PATTERN, pretokenize
 
-# GPT-2's pattern, as in OpenAI's encoder.py and tiktoken's "gpt2" encoding.
-GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-_GPT2_SPLIT = regex.compile(GPT2_SPLIT_PATTERN)
-
-
-def pretokenize(text: str) -> list[str]:
-    """GPT-2's pre-tokens of ``text``, in order; they concatenate back to ``text``.
-
-    Example::
-
-        >>> pretokenize("Hello world, it's  42!")
-        ['Hello', ' world', ',', ' it', "'s", ' ', ' 42', '!']
-    """
-    return _GPT2_SPLIT.findall(text)
+__all__ = ["GPT2_SPLIT_PATTERN", "pretokenize", "split_on_special_tokens"]
 
 
 def split_on_special_tokens(text: str, special_tokens: Collection[str]) -> list[str]:

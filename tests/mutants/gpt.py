@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reference.model import GPTConfig
 from solutions import attention
 from solutions.gpt import block as sol_block
 from solutions.gpt import layers as sol_layers
 from solutions.gpt import model as sol_model
 from solutions.gpt import sampling as sol_sampling
-from solutions.gpt.config import GPTConfig
 
 Params = Mapping[str, Tensor]
 

@@ -1,4 +1,6 @@
-"""Files: this project's tokenizer format, and GPT-2's ranks in tiktoken's format (given code).
+"""Files: this project's tokenizer format, and GPT-2's ranks in tiktoken's format.
+
+The course's tokenizer (``solutions/bpe``) reads and writes these as given code.
 
 **Tokenizer file** (``Tokenizer.save`` / ``Tokenizer.load``): one UTF-8 JSON object::
 
@@ -12,8 +14,8 @@
     }
 
 Base64 because tokens are arbitrary bytes (half a UTF-8 character is a valid token). Loading
-checks every field and names the one that is wrong. Writing goes to a temporary file in the same
-folder, then ``os.replace``: a crash never leaves a half-written tokenizer behind.
+checks every field and names the one that is wrong. Writing is atomic (``reference/atomic.py``):
+a crash never leaves a half-written tokenizer behind.
 
 **tiktoken format** (``gpt2.tiktoken``): one line per token, ``base64(token bytes) rank``,
 ranks 0..n-1. It has no merge list; :func:`load_tiktoken_ranks` recovers it (minbpe's trick):
@@ -21,22 +23,19 @@ token ``t`` of rank ``r`` is what BPE makes of ``t``'s bytes using only the rank
 which must leave exactly two parts: the pair merged into ``t``.
 """
 
-# GIVEN: imported by the exercises as it is
-
 from __future__ import annotations
 
 import base64
 import binascii
 import functools
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from .pretokenize import GPT2_SPLIT_PATTERN
 
 FORMAT = "llm-from-scratch/bpe"
@@ -197,20 +196,6 @@ def _bpe_below(ranks: Mapping[bytes, int], token: bytes, max_rank: int) -> list[
         if i < len(pair_ranks):
             pair_ranks[i] = min(ranks.get(parts[i] + parts[i + 1], inf), inf)
     return parts
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _is_int(x: Any) -> bool:
