@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -30,8 +29,12 @@ from torch import Tensor
 
 from .atomic import atomic_path, write_json
 from .model import GPT, GPTConfig
+from .settings import ValidationError, one_line
 
 CONFIG_NAME = "config.json"
+CHECKPOINTS_DIR = "checkpoints"  # a run directory's checkpoints: checkpoints/step-NNNNNN/
+LATEST_NAME = "latest"  # checkpoints/latest: the name of the newest complete checkpoint
+TRAINER_NAME = "trainer.json"  # a training checkpoint's state beside the model (the trainer's)
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "llm-from-scratch-gpt"
 FORMAT_VERSION = 1
@@ -78,7 +81,7 @@ def save_checkpoint(model: GPT, directory: str | os.PathLike[str]) -> Path:
         {
             "model_type": MODEL_TYPE,
             "format_version": FORMAT_VERSION,
-            "config": asdict(model.config),
+            "config": model.config.model_dump(),
         },
     )
     return directory
@@ -102,12 +105,12 @@ def read_config(path: str | os.PathLike[str]) -> GPTConfig:
     cfg = raw.get("config")
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: 'config' must be an object, got {cfg!r}")
-    known = {f.name for f in fields(GPTConfig)}
-    if unknown := sorted(cfg.keys() - known):
-        raise ValueError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
-    if missing := sorted(known - cfg.keys()):
+    if missing := sorted(GPTConfig.model_fields.keys() - cfg.keys()):
         raise ValueError(f"{path}: missing config fields {missing}")
-    return GPTConfig(**cfg)
+    try:
+        return GPTConfig.model_validate(cfg)
+    except ValidationError as e:
+        raise ValueError(one_line(e, GPTConfig, origin=str(path), prefix="config.")) from None
 
 
 def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> GPT:
@@ -123,3 +126,19 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.devic
     model.transformer.wte.weight = model.lm_head.weight  # to_empty keeps one tensor per tie
     load_weights(model, load_file(str(directory / WEIGHTS_NAME), device=str(device)))
     return model.eval()
+
+
+def find_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint directory ``path`` names: a checkpoint itself, or a run's newest one."""
+    path = Path(path)
+    if (path / TRAINER_NAME).is_file() or (path / "model.safetensors").is_file():
+        return path
+    for root in (path / CHECKPOINTS_DIR, path):
+        pointer = root / LATEST_NAME
+        if pointer.is_file():
+            found = root / pointer.read_text().strip()
+            if found.is_dir():
+                return found
+            raise FileNotFoundError(f"{pointer} names {found.name}, which does not exist")
+    expected = path / CHECKPOINTS_DIR / LATEST_NAME
+    raise FileNotFoundError(f"no checkpoint in {path} (expected {expected})")

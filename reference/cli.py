@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,16 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="e.g. train.max_steps=4000 to train longer")
     resume.add_argument("--no-sample", action="store_true")
-    gen = sub.add_parser("generate", help="generate text from a checkpoint")
+    gen = sub.add_parser("generate", help="generate text from a checkpoint (streamed)",
+                         description="Each option defaults to the run's own sample settings.")
     gen.add_argument("checkpoint", help="a run directory or a checkpoint directory")
-    gen.add_argument("--prompt", "-p", default="\n")
-    gen.add_argument("--max-new-tokens", "-n", type=int, default=400)
-    gen.add_argument("--temperature", "-t", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=0.95)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--num-samples", type=int, default=1)
-    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--prompt", "-p")
+    gen.add_argument("--max-new-tokens", "-n", type=int)
+    gen.add_argument("--temperature", "-t", type=float, help="0: greedy")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float, help="1.0: no nucleus filter")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--num-samples", type=int, help="more than 1: drawn as one batch")
+    gen.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     return parser
 
 
@@ -133,23 +133,29 @@ def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
+    from .inference import SampleSettings, load, sample_text, stream_text
+    from .settings import ValidationError, one_line
 
-    from .checkpoint import load_checkpoint
-    from .trainer.checkpoint import latest_checkpoint
-    from .trainer.config import SampleSection
-    from .trainer.data import load_tokenizer
-    from .trainer.loop import resolve_device, sample_text
-
-    directory = latest_checkpoint(Path(args.checkpoint))
-    device = torch.device(resolve_device(args.device))
-    model = load_checkpoint(directory, device=device)
-    tokenizer = load_tokenizer(directory)
-    s = SampleSection(prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                      num_samples=args.num_samples, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    for i, text in enumerate(sample_text(model, tokenizer, s, device)):
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1} ---")
+    loaded = load(args.checkpoint, device=args.device)
+    options = {"prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
+               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+               "seed": args.seed, "num_samples": args.num_samples}
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        settings = SampleSettings.model_validate({**loaded.sample.model_dump(), **given})
+    except ValidationError as e:
+        field = str(e.errors()[0]["loc"][0])
+        message = one_line(e, SampleSettings)
+        if field in given:  # name the option as it was typed
+            raise ValueError(message.replace(field, "--" + field.replace("_", "-"), 1)) from None
+        raise ValueError(f"{loaded.checkpoint}: sample.{message}") from None
+    if settings.num_samples == 1:  # stream: print each piece as soon as it is drawn
+        print(settings.prompt, end="", flush=True)
+        for piece in stream_text(loaded.model, loaded.tokenizer, settings):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    for i, text in enumerate(sample_text(loaded.model, loaded.tokenizer, settings)):
+        print(f"--- sample {i + 1} ---")
         print(text)
     return 0

@@ -75,8 +75,10 @@ def block_forward(x: Tensor, params: Mapping[str, Tensor], n_head: int) -> Tenso
 
 
 def check_idx(idx: Tensor, config: GPTConfig) -> None:
-    """The reference model's input validation."""
-    _model.check_idx(idx, config.block_size, config.vocab_size)
+    """The reference model's input validation: the shape (the forward pass checks it on every
+    step) and the ids' range (checked where ids enter: no device sync inside the model)."""
+    _model.check_idx(idx, config.block_size)
+    _model.check_token_ids(idx, config.vocab_size)
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -1) -> Tensor:
@@ -95,7 +97,9 @@ def gpt_forward(
     config: GPTConfig,
     targets: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """``reference.model.GPT(config)`` in eval mode, run with ``params``."""
+    """``reference.model.GPT(config)`` in eval mode, run with ``params``; ids are checked here,
+    at the edge (the model's forward pass reads only their shape)."""
+    check_idx(idx, config)
     out: tuple[Tensor, Tensor | None] = functional_call(
         _meta_model(config), dict(params), (idx, targets), tie_weights=True, strict=True
     )

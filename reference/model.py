@@ -17,11 +17,15 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .settings import Bool, NonNegativeFloat, PositiveInt, Settings
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
 INIT_STD = 0.02  # GPT-2's initializer_range
@@ -81,7 +85,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm transformer block: the residual stream is only ever added to."""
+    """A pre-LayerNorm transformer block: the residual stream is only ever added to.
+
+    ``activation_checkpointing = True`` trades compute for memory in training: the block's
+    activations are not kept for the backward pass but recomputed there (about one extra
+    forward pass per step; one block's activations in memory instead of one per layer).
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -89,47 +98,44 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
+        self.activation_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            out: Tensor = checkpoint(self._forward, x, use_reentrant=False)
+            return out
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
-@dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(Settings):
     """The model's shape. The defaults are GPT-2 small (124M parameters).
 
     ``bias=False`` drops the biases of every Linear and LayerNorm (a little faster, as good);
-    GPT-2 checkpoints have them. ``dropout`` applies in training mode only.
+    GPT-2 checkpoints have them. ``dropout`` applies in training mode only. Validated on
+    construction (a pydantic model, frozen): a bad value raises ``ValueError`` naming the field.
     """
 
-    block_size: int = 1024  # longest sequence the model sees (learned positions)
-    vocab_size: int = 50257  # GPT-2's: 50,000 merges + 256 bytes + <|endoftext|>
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
+    block_size: PositiveInt = 1024  # longest sequence the model sees (learned positions)
+    vocab_size: PositiveInt = 50257  # GPT-2's: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: PositiveInt = 12
+    n_head: PositiveInt = 12
+    n_embd: PositiveInt = 768
+    dropout: Annotated[NonNegativeFloat, Field(lt=1.0)] = 0.0
+    bias: Bool = True
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", int) and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"GPTConfig.{f.name} must be a positive int, got {value!r}")
+    @model_validator(mode="after")
+    def _heads_split_the_width(self) -> GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}: "
                 "each head gets n_embd // n_head dimensions"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
-            raise ValueError(f"GPTConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"GPTConfig.bias must be a bool, got {self.bias!r}")
+        return self
 
 
 # GPT-2's four published sizes (Radford et al. 2019); all share block_size 1024 and vocab 50257.
@@ -141,8 +147,14 @@ PRESETS: dict[str, GPTConfig] = {
 }
 
 
-def check_idx(idx: Tensor, block_size: int, vocab_size: int) -> None:
-    """Raise TypeError/ValueError, naming the bad value, unless ``idx`` is a valid (B, T) batch."""
+def check_idx(idx: Tensor, block_size: int) -> None:
+    """Raise TypeError/ValueError, naming the bad value, unless ``idx`` is a (B, T) batch of
+    integer ids with 1 <= T <= ``block_size``.
+
+    Only the tensor's metadata is read: no host-device synchronisation, so the forward pass
+    calls it on every step. Whether the ids lie in the vocabulary is checked where they enter
+    (:func:`check_token_ids`: the command line, generation, data loading).
+    """
     if not isinstance(idx, Tensor):
         raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
     if idx.dtype not in (torch.int64, torch.int32):
@@ -155,9 +167,17 @@ def check_idx(idx: Tensor, block_size: int, vocab_size: int) -> None:
         raise ValueError(f"empty input: idx has shape {tuple(idx.shape)}; need B >= 1 and T >= 1")
     if idx.shape[1] > block_size:
         raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size {block_size}")
-    if torch.compiler.is_compiling():  # a data-dependent check would break the compiled graph
+
+
+def check_token_ids(idx: Tensor, vocab_size: int) -> None:
+    """Raise ValueError naming the first id of ``idx`` outside ``[0, vocab_size)``.
+
+    Reads the ids' range (one host-device synchronisation): call it once where ids enter, not
+    on every step.
+    """
+    if idx.numel() == 0:
         return
-    lo, hi = torch.aminmax(idx)  # one device sync for both bounds
+    lo, hi = torch.aminmax(idx)
     bad = int(lo) if int(lo) < 0 else int(hi) if int(hi) >= vocab_size else None
     if bad is not None:
         raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
@@ -201,6 +221,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> GPT:
+        """Recompute each block's activations in the backward pass instead of storing them
+        (see :class:`Block`); parameter names and checkpoints are unchanged. Returns self."""
+        for block in self.transformer.h:
+            block.activation_checkpointing = enabled  # type: ignore[assignment]
+        return self
+
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once each (the tied head is the token embedding).
 
@@ -219,7 +246,7 @@ class GPT(nn.Module):
         loader); ``-1`` marks a position to ignore. The loss is the mean cross-entropy.
         """
         cfg = self.config
-        check_idx(idx, cfg.block_size, cfg.vocab_size)
+        check_idx(idx, cfg.block_size)  # shapes only: ids are checked where they enter
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(
                 f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from torch import Tensor
 
-from reference.model import GPT, PRESETS, GPTConfig
+from reference.generate import generate
+from reference.model import GPT, PRESETS, GPTConfig, check_token_ids
+from reference.settings import ValidationError
 
 pytestmark = pytest.mark.gpt
 
@@ -43,7 +44,7 @@ def test_head_is_tied_to_the_token_embedding() -> None:
 
 
 def test_dropout_acts_in_training_mode_only() -> None:
-    model = GPT(dataclasses.replace(TINY, dropout=0.5))
+    model = GPT(TINY.model_copy(update={"dropout": 0.5}))
     idx = torch.randint(0, 100, (2, 16))
     model.train()
     assert not torch.equal(model(idx)[0], model(idx)[0]), "training mode: dropout must be random"
@@ -52,7 +53,7 @@ def test_dropout_acts_in_training_mode_only() -> None:
 
 
 def test_bias_free_model_has_no_bias_and_runs() -> None:
-    model = GPT(dataclasses.replace(TINY, bias=False))
+    model = GPT(TINY.model_copy(update={"bias": False}))
     assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
     logits, loss = model(torch.randint(0, 100, (2, 8)), torch.randint(0, 100, (2, 8)))
     assert logits.shape == (2, 8, 100) and loss is not None and torch.isfinite(loss)
@@ -103,7 +104,7 @@ def test_config_rejects_bad_values_naming_them(kwargs: dict[str, object], words:
 
 
 def test_config_is_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         TINY.n_layer = 3  # type: ignore[misc]
 
 
@@ -111,8 +112,6 @@ def test_config_is_frozen() -> None:
     ("idx", "error", "words"),
     [
         (torch.randint(0, 100, (1, 17)), ValueError, ["sequence length 17", "block_size 16"]),
-        (torch.tensor([[5, 100]]), ValueError, ["token id 100", "100)"]),
-        (torch.tensor([[-3, 5]]), ValueError, ["token id -3"]),
         (torch.tensor([[1.0]]), TypeError, ["torch.float32"]),
         (torch.tensor([[True]]), TypeError, ["torch.bool"]),
         (torch.zeros(1, 0, dtype=torch.long), ValueError, ["empty", "(1, 0)"]),
@@ -128,6 +127,20 @@ def test_forward_rejects_bad_input_naming_the_value(
     assert all(w in str(info.value) for w in words), str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("idx", "words"),
+    [(torch.tensor([[5, 100]]), ["token id 100", "[0, 100)"]), (torch.tensor([[-3, 5]]), ["-3"])],
+)
+def test_ids_outside_the_vocabulary_are_refused_at_the_edges(idx: Tensor, words: list[str]) -> None:
+    """The forward pass reads only the ids' shape (no device sync); the range is checked where
+    ids enter: ``check_token_ids``, and generation, which calls it once."""
+    for call in (lambda: check_token_ids(idx, TINY.vocab_size),
+                 lambda: generate(GPT(TINY).eval(), idx, 2)):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert all(w in str(info.value) for w in words), str(info.value)
+
+
 def test_forward_rejects_targets_of_another_shape() -> None:
     with pytest.raises(ValueError, match=r"targets.*\(2, 4\).*\(2, 3\)"):
         GPT(TINY)(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
@@ -137,3 +150,46 @@ def test_int32_token_ids_are_accepted() -> None:
     model = GPT(TINY).eval()
     idx = torch.randint(0, 100, (2, 8))
     assert torch.equal(model(idx.int())[0], model(idx)[0])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_activation_checkpointing_recomputes_and_gives_the_same_gradients(dropout: float) -> None:
+    config = GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=8, dropout=dropout)
+    torch.manual_seed(0)
+    plain = GPT(config)
+    recomputed = GPT(config).set_activation_checkpointing(True)
+    recomputed.load_state_dict(plain.state_dict())
+    idx = torch.randint(11, (3, 8))
+    grads, calls = [], []
+    for model in (plain, recomputed):
+        seen: list[int] = []
+        model.transformer.h[0].attn.register_forward_hook(lambda *_, seen=seen: seen.append(1))
+        torch.manual_seed(1)  # the same dropout masks (checkpoint replays the RNG state)
+        _, loss = model(idx, idx)
+        assert loss is not None
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        calls.append(len(seen))
+    assert calls == [1, 2], "with checkpointing the block's forward runs again in backward"
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-6, atol=1e-7, msg=name)
+    assert list(plain.state_dict()) == list(recomputed.state_dict()), "names unchanged"
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_forward_compiles_to_one_graph_without_host_sync(mode: str) -> None:
+    """``fullgraph=True`` fails on any graph break, e.g. a data-dependent check of the ids
+    (``int(idx.max())``), which would also be a host-device sync on every GPU step."""
+    torch._dynamo.reset()
+    config = GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=8, dropout=0.1)
+    model = GPT(config).train(mode == "train")
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    idx = torch.randint(11, (2, 8))
+    torch.manual_seed(0)
+    logits, loss = compiled(idx, idx)
+    torch.manual_seed(0)
+    want_logits, want_loss = model(idx, idx)
+    torch.testing.assert_close(logits, want_logits)
+    torch.testing.assert_close(loss, want_loss)
+    logits, none = compiled(idx[:, :5])
+    assert none is None and logits.shape == (2, 5, 11)

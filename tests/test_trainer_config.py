@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from reference.model import GPTConfig
 from reference.trainer.config import (
     Config,
     config_from_dict,
@@ -48,21 +49,26 @@ def test_overrides_apply_over_the_file_with_yaml_values(tmp_path: Path) -> None:
         ({"trian": {"lr": 1.0}}, "'trian' (did you mean 'train'?)"),
         ({"train": {"max_step": 5}}, "'train.max_step' (did you mean 'train.max_steps'?)"),
         ({"model": {"n_layers": 2}}, "'model.n_layers'"),
-        ({"train": {"lr": -1.0}}, "train.lr must be > 0, got -1.0"),
-        ({"train": {"lr": "fast"}}, "train.lr must be a finite number, got 'fast'"),
-        ({"train": {"batch_size": 2.5}}, "train.batch_size must be an integer, got 2.5"),
-        ({"train": {"batch_size": True}}, "train.batch_size must be an integer, got True"),
-        ({"train": {"batch_size": 0}}, "train.batch_size must be >= 1, got 0"),
-        ({"train": {"dtype": "fp8"}}, "train.dtype must be one of"),
-        ({"train": {"min_lr": 1.0}}, "train.min_lr must be in [0, train.lr"),
-        ({"train": {"warmup_steps": 900, "max_steps": 100}}, "train.max_steps must be >= train.w"),
-        ({"train": {"warmup_steps": 9, "decay_steps": 5}}, "train.decay_steps must be >= train.w"),
-        ({"model": {"n_embd": 100, "n_head": 3}}, "model.n_embd must be divisible by model.n_head"),
-        ({"model": {"dropout": 1.0}}, "model.dropout must be in [0, 1)"),
-        ({"data": {"source": "s3"}}, "data.source must be one of"),
+        ({"train": {"lr": -1.0}}, "train.lr: input should be greater than 0, got -1.0"),
+        ({"train": {"lr": "fast"}}, "train.lr: input should be a valid number"),
+        ({"train": {"lr": float("nan")}}, "train.lr: input should be a finite number, got nan"),
+        ({"train": {"lr": True}}, "train.lr: expected a number, not a boolean, got True"),
+        ({"train": {"batch_size": 2.5}}, "batch_size: input should be a valid integer, got 2.5"),
+        ({"train": {"batch_size": True}}, "batch_size: input should be a valid integer, got True"),
+        ({"train": {"batch_size": "4"}}, "batch_size: input should be a valid integer, got '4'"),
+        ({"train": {"batch_size": 0}}, "batch_size: input should be greater than or equal to 1"),
+        ({"train": {"compile": 1}}, "train.compile: input should be a valid boolean, got 1"),
+        ({"train": {"dtype": "fp8"}}, "train.dtype: input should be 'float32', 'bfloat16' or 'f"),
+        ({"train": {"min_lr": 1.0}}, "config: train.min_lr 1.0 must be in [0, train.lr"),
+        ({"train": {"warmup_steps": 900, "max_steps": 100}}, "max_steps 100 must be >= train.w"),
+        ({"train": {"warmup_steps": 9, "decay_steps": 5}}, "decay_steps 5 must be >= train.w"),
+        ({"model": {"n_embd": 100, "n_head": 3}}, "model: n_embd 100 is not divisible by n_head 3"),
+        ({"model": {"dropout": 1.0}}, "model.dropout: input should be less than 1, got 1.0"),
+        ({"data": {"source": "s3"}}, "data.source: input should be 'builtin', 'shakespeare', 'te"),
         ({"data": {"source": "text"}}, "data.source=text needs data.path"),
         ({"data": {"tokenizer": "gpt2"}}, "data.tokenizer=gpt2 needs data.tokenizer_path"),
-        ({"sample": {"top_p": 1.5}}, "sample.top_p must be in (0, 1] or null, got 1.5"),
+        ({"sample": {"top_p": 1.5}}, "top_p: input should be less than or equal to 1, got 1.5"),
+        ({"sample": {"prompt": 3}}, "sample.prompt: input should be a valid string, got 3"),
         ({"model": [1, 2]}, "section 'model' must be a mapping"),
         ([1, 2], "expected a mapping of sections"),
     ],
@@ -90,5 +96,34 @@ def test_malformed_overrides_are_rejected(item: str) -> None:
 
 def test_configs_are_frozen() -> None:
     config = Config()
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValueError, match="frozen"):
         config.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_the_model_section_is_the_models_own_config() -> None:
+    """One model config: the run's model section is a GPTConfig, no second copy of its fields."""
+    config = load_config(overrides=["model.n_layer=2"])
+    assert type(config.model) is GPTConfig and config.model.n_layer == 2
+    assert config.model.n_embd == 128, "a partial section keeps the main job's other values"
+
+
+@pytest.mark.parametrize("given", [None, 65])
+def test_vocab_size_comes_from_the_tokenizer(given: int | None) -> None:
+    overrides = [] if given is None else [f"model.vocab_size={given}"]
+    config = load_config(overrides=overrides).with_vocab_size(65)
+    assert config.model.vocab_size == 65
+
+
+def test_a_vocab_size_that_disagrees_with_the_tokenizer_is_refused() -> None:
+    config = load_config(overrides=["model.vocab_size=100"])
+    with pytest.raises(ValueError, match=r"model.vocab_size=100 but the tokenizer has 65 tokens"):
+        config.with_vocab_size(65)
+
+
+def test_overrides_parse_yaml_values_but_keep_text_as_given() -> None:
+    config = load_config(overrides=["sample.prompt=  two spaces, then: a colon ",
+                                    "data.path=null", "train.threads=2", "model.bias=true",
+                                    "sample.top_k=null", "data.jsonl_field=123"])
+    assert config.sample.prompt == "  two spaces, then: a colon "
+    assert config.data.path is None and config.train.threads == 2 and config.model.bias is True
+    assert config.sample.top_k is None and config.data.jsonl_field == "123"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from reference.tokenizers import CharTokenizer
 from reference.trainer import corpora
-from reference.trainer.chars import CharTokenizer
 from reference.trainer.corpora import Corpus, MarkovSource
 from reference.trainer.data import (
     get_batch,
@@ -266,7 +266,7 @@ def test_gpt2_token_file_equals_tiktoken(shared_data: Path, tmp_path: Path) -> N
     tiktoken_load = pytest.importorskip("tiktoken.load")
     import tiktoken
 
-    from reference.trainer.data import gpt2_tokenizer
+    from reference.tokenizers import gpt2_tokenizer
 
     ranks_path = shared_data / "gpt2" / "gpt2.tiktoken"
     oracle = tiktoken.Encoding(

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reference.trainer.checkpoint import latest_checkpoint
+from reference.checkpoint import find_checkpoint
 from reference.trainer.config import load_config
 from reference.trainer.loop import Trainer, prepare_data
 
@@ -68,7 +68,7 @@ def test_two_cpu_processes_equal_one_process_on_the_combined_batch(tmp_path: Pat
 
     single = Trainer(single_config)
     result = single.fit()
-    ddp_weights = load_file(str(latest_checkpoint(tmp_path / "ddp") / "model.safetensors"))
+    ddp_weights = load_file(str(find_checkpoint(tmp_path / "ddp") / "model.safetensors"))
     for name, tensor in single.model.state_dict().items():
         if name == "lm_head.weight":
             continue  # tied to transformer.wte.weight, stored once

@@ -38,11 +38,15 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..atomic import atomic_directory, atomic_open, atomic_write_text, write_json
-from ..checkpoint import save_checkpoint, save_safetensors
+from ..checkpoint import (
+    CHECKPOINTS_DIR,
+    LATEST_NAME,
+    TRAINER_NAME,
+    find_checkpoint,
+    save_checkpoint,
+    save_safetensors,
+)
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_NAME = "latest"
-TRAINER_NAME = "trainer.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 RNG_NAME = "rng.safetensors"
 FORMAT_VERSION = 2  # 1 also held Python and NumPy RNG states, which training never used
@@ -187,25 +191,9 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def latest_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """The checkpoint directory ``path`` names: a checkpoint itself, or a run's newest one."""
-    path = Path(path)
-    if (path / TRAINER_NAME).is_file() or (path / "model.safetensors").is_file():
-        return path
-    for root in (path / CHECKPOINTS_DIR, path):
-        pointer = root / LATEST_NAME
-        if pointer.is_file():
-            found = root / pointer.read_text().strip()
-            if found.is_dir():
-                return found
-            raise FileNotFoundError(f"{pointer} names {found.name}, which does not exist")
-    expected = path / CHECKPOINTS_DIR / LATEST_NAME
-    raise FileNotFoundError(f"no checkpoint in {path} (expected {expected})")
-
-
 def load_training_state(path: str | os.PathLike[str]) -> tuple[Path, TrainingState]:
     """The checkpoint directory and its :class:`TrainingState` (model weights stay on disk)."""
-    directory = latest_checkpoint(path)
+    directory = find_checkpoint(path)
     trainer_json = directory / TRAINER_NAME
     if not trainer_json.is_file():
         raise FileNotFoundError(f"{directory} is a model checkpoint without training state "

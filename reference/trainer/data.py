@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,118 +29,27 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .. import bpe
 from ..atomic import atomic_open, write_json
-from .chars import CharTokenizer
+from ..tokenizers import (
+    META_NAME,
+    BPETokenizer,
+    CharTokenizer,
+    SymbolTokenizer,
+    Tokenizer,
+    load_tokenizer,
+)
 from .corpora import Corpus, MarkovSource
 
 FORMAT_VERSION = 1
 TOKENS_NAME = "tokens.bin"
-META_NAME = "meta.json"
-TOKENIZER_NAME = "tokenizer.json"
 Split = Literal["train", "val"]
-
-
-class TextTokenizer(Protocol):
-    """What the data pipeline and generation need from a tokenizer."""
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Iterable[int]) -> str: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-class BPETokenizer:
-    """The project's byte-level BPE tokenizer (``reference.bpe``) behind :class:`TextTokenizer`."""
-
-    kind = "bpe"
-
-    def __init__(self, inner: Any, path: Path | None = None) -> None:
-        self.inner = inner
-        self.path = path
-
-    @property
-    def vocab_size(self) -> int:
-        return int(max(self.inner.vocab) + 1)
-
-    @property
-    def eot_id(self) -> int | None:
-        specials: dict[str, int] = self.inner.special_tokens
-        return specials.get("<|endoftext|>")
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.inner.encode(text))
-
-    def encode_stream(self, pieces: Iterable[str]) -> Iterator[int]:
-        return iter(self.inner.encode_iterable(pieces))
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return str(self.inner.decode(list(ids)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "file": TOKENIZER_NAME}
-
-
-def _bpe_module() -> Any:
-    try:
-        from .. import bpe  # type: ignore[attr-defined, unused-ignore]
-    except ImportError as e:
-        raise ImportError(f"the BPE tokenizer (reference.bpe) is not available: {e}") from e
-    return bpe
-
-
-def gpt2_tokenizer(ranks_path: str | os.PathLike[str]) -> BPETokenizer:
-    """GPT-2's tokenizer from a tiktoken ranks file (e.g. ``gpt2.tiktoken``), 50,257 tokens."""
-    bpe = _bpe_module()
-    vocab, merges = bpe.load_tiktoken_ranks(ranks_path)
-    return BPETokenizer(bpe.Tokenizer(vocab, merges, special_tokens=["<|endoftext|>"]))
 
 
 def train_bpe_tokenizer(text: str, vocab_size: int) -> BPETokenizer:
     """A byte-level BPE tokenizer of ``vocab_size`` ids (``<|endoftext|>`` included) on ``text``."""
-    bpe = _bpe_module()
     vocab, merges = bpe.train_bpe(text, vocab_size, ["<|endoftext|>"])
     return BPETokenizer(bpe.Tokenizer(vocab, merges, special_tokens=["<|endoftext|>"]))
-
-
-def load_tokenizer(directory: str | os.PathLike[str]) -> TextTokenizer:
-    """The tokenizer described by ``directory``'s ``meta.json`` (a dataset or a checkpoint)."""
-    directory = Path(directory)
-    meta = json.loads((directory / META_NAME).read_text())
-    desc = meta["tokenizer"]
-    if desc["kind"] == "char":
-        return CharTokenizer.from_dict(desc)
-    if desc["kind"] == "bpe":
-        bpe = _bpe_module()
-        return BPETokenizer(bpe.Tokenizer.load(directory / desc["file"]), directory / desc["file"])
-    if desc["kind"] == "symbols":
-        return SymbolTokenizer(int(desc["vocab_size"]))
-    raise ValueError(f"{directory / META_NAME}: unknown tokenizer kind {desc['kind']!r}")
-
-
-class SymbolTokenizer:
-    """The synthetic source's ids shown as letters: 0 -> 'a', 1 -> 'b'... (for samples)."""
-
-    kind = "symbols"
-    ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-
-    def __init__(self, vocab_size: int) -> None:
-        self.vocab_size = vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        ids = [self.ALPHABET.index(c) if c in self.ALPHABET else -1 for c in text]
-        if any(i < 0 or i >= self.vocab_size for i in ids):
-            raise ValueError(f"{text!r} has symbols outside {self.ALPHABET[: self.vocab_size]!r}")
-        return ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.ALPHABET[i] if i < len(self.ALPHABET) else "?" for i in ids)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vocab_size": self.vocab_size}
 
 
 def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
@@ -176,7 +85,7 @@ class TokenData:
             return tokens[n_train:]
         raise ValueError(f"split must be 'train' or 'val', got {name!r}")
 
-    def tokenizer(self) -> TextTokenizer:
+    def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.directory)
 
 
@@ -242,7 +151,7 @@ def prepare_text(
     corpus: Corpus,
     directory: str | os.PathLike[str],
     *,
-    tokenizer: TextTokenizer | None = None,
+    tokenizer: Tokenizer | None = None,
     tokenizer_spec: str = "char",
     val_fraction: float = 0.1,
     progress: bool = True,
@@ -280,7 +189,7 @@ def prepare_text(
 
     if isinstance(tok, BPETokenizer):
         Path(directory).mkdir(parents=True, exist_ok=True)
-        tok.inner.save(Path(directory) / TOKENIZER_NAME)
+        tok.save(directory)
     return write_token_file(chunks(), directory, vocab_size=tok.vocab_size,
                             tokenizer=tok.to_dict(), fingerprint=fingerprint,
                             val_fraction=val_fraction)

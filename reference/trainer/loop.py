@@ -16,7 +16,6 @@ the optimizer step with :class:`TrainingDiverged`, naming the last good checkpoi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import resource
@@ -24,7 +23,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,11 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import WEIGHTS_NAME, load_weights
-from ..generate import generate
-from ..model import GPT, GPTConfig
+from ..inference import SampleSettings, resolve_device, sample_text
+from ..model import GPT
+from ..tokenizers import Tokenizer, gpt2_tokenizer
 from .checkpoint import load_training_state, restore_rng, save_training_checkpoint
 from .config import Config, config_from_dict, parse_overrides
 from .corpora import (
@@ -49,11 +47,9 @@ from .corpora import (
     tiny_shakespeare,
 )
 from .data import (
-    TextTokenizer,
     TokenData,
     corpus_fingerprint,
     get_batch,
-    gpt2_tokenizer,
     load_token_data,
     prepare_markov,
     prepare_text,
@@ -83,21 +79,6 @@ class TrainResult:
     peak_memory_mb: float  # CUDA: peak allocated; CPU: peak resident set of the process
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a ValueError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA device is available (try cpu or auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("train.device=mps but MPS is not available (try cpu or auto)")
-    return name
-
-
 def data_dir(config: Config) -> Path:
     return Path(config.data.dir) if config.data.dir else Path(config.train.out_dir) / "data"
 
@@ -124,24 +105,13 @@ def prepare_data(config: Config, *, progress: bool = True) -> TokenData:
             "gpt2": f"gpt2:{d.tokenizer_path}"}[d.tokenizer]
     if existing := reusable(directory, corpus_fingerprint(corpus, spec, d.val_fraction)):
         return existing
-    tokenizer: TextTokenizer | None = None
+    tokenizer: Tokenizer | None = None
     if d.tokenizer == "gpt2":
         tokenizer = gpt2_tokenizer(str(d.tokenizer_path))
     elif d.tokenizer == "bpe":
         tokenizer = train_bpe_tokenizer(corpus.text(), d.bpe_vocab_size)
     return prepare_text(corpus, directory, tokenizer=tokenizer, tokenizer_spec=spec,
                         val_fraction=d.val_fraction, progress=progress)
-
-
-def enable_activation_checkpointing(model: GPT) -> None:
-    """Recompute each block's activations in the backward pass instead of storing them.
-
-    Memory for activations drops from one set per layer to about one; each step costs about one
-    extra forward pass. Parameter names (and checkpoints) are unchanged.
-    """
-    for block in model.transformer.h:
-        forward = block.forward
-        block.forward = partial(checkpoint, forward, use_reentrant=False)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -155,9 +125,8 @@ class Trainer:
 
     def __init__(self, config: Config, *, dist_info: DistInfo | None = None,
                  progress: bool | None = None) -> None:
-        self.config = config
         t = config.train
-        device_type = resolve_device(t.device)
+        device_type = resolve_device(t.device).type
         if t.dtype == "float16" and device_type != "cuda":
             raise ValueError("train.dtype=float16 needs CUDA (it trains with a gradient scaler); "
                              "use bfloat16 or float32 on " + device_type)
@@ -173,6 +142,7 @@ class Trainer:
         barrier(self.dist)
         if not self.dist.is_main:
             self.data = load_token_data(data_dir(config))
+        self.config = config = config.with_vocab_size(self.data.vocab_size)
         self.train_tokens = self.data.split("train")
         self.val_tokens = self.data.split("val")
         block = config.model.block_size
@@ -181,12 +151,8 @@ class Trainer:
                 raise ValueError(f"the {name} split has {len(tokens)} tokens, too few for "
                                  f"model.block_size={block}")
 
-        m = config.model
-        self.model = GPT(GPTConfig(block_size=m.block_size, vocab_size=self.data.vocab_size,
-                                   n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                                   dropout=m.dropout, bias=m.bias)).to(self.device)
-        if t.activation_checkpointing:
-            enable_activation_checkpointing(self.model)
+        self.model = GPT(config.model).to(self.device)
+        self.model.set_activation_checkpointing(t.activation_checkpointing)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(device_type, enabled=t.dtype == "float16")
         self.train_model: nn.Module = self.model
@@ -373,21 +339,15 @@ class Trainer:
     # ------------------------------------------------------------------ sampling
 
     def sample(self, **changes: Any) -> list[str]:
-        """Text from the model with the ``sample`` section (fields overridable by keyword)."""
-        s = dataclasses.replace(self.config.sample, **changes)
-        return sample_text(self.model, self.data.tokenizer(), s, self.device)
+        """Text from the model with the ``sample`` section (fields overridable by keyword).
 
-
-def sample_text(model: GPT, tokenizer: TextTokenizer, s: Any, device: torch.device) -> list[str]:
-    """``s.num_samples`` continuations of ``s.prompt`` (a :class:`SampleSection`), as text."""
-    ids = tokenizer.encode(s.prompt) if s.prompt else []
-    if not ids:
-        eot = getattr(tokenizer, "eot_id", None)
-        if eot is None:
-            raise ValueError("sample.prompt is empty: give at least one character to start from")
-        ids = [eot]
-    idx = torch.tensor([ids] * s.num_samples, dtype=torch.long, device=device)
-    idx = idx[:, -model.config.block_size :]
-    out = generate(model, idx, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                   top_p=s.top_p, seed=s.seed)
-    return [s.prompt + tokenizer.decode(row[idx.shape[1] :].tolist()) for row in out]
+        The trainer owns its model, so it switches it to eval mode (no dropout) for the sample
+        and back afterwards; the inference path itself never changes a model's mode.
+        """
+        settings = SampleSettings.model_validate({**self.config.sample.model_dump(), **changes})
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return sample_text(self.model, self.data.tokenizer(), settings)
+        finally:
+            self.model.train(was_training)

@@ -1,0 +1,169 @@
+"""The one inference path: load a trained model with its tokenizer, then stream text from it.
+
+The command line's ``generate``, the trainer's end-of-run sample, the server and the evaluator
+all go through here, and importing it loads no trainer module.
+
+* :func:`load`: a run directory (its newest checkpoint) or a checkpoint directory -> a
+  :class:`Loaded` model (in eval mode), tokenizer and the run's sample settings;
+* :func:`stream_text`: the text of one sample, piece by piece as tokens are drawn (a character
+  cut between two tokens is held back until it is whole);
+* :func:`sample_text`: ``num_samples`` whole samples, drawn as one batch.
+
+Example::
+
+    loaded = load("runs/main")
+    for piece in stream_text(loaded.model, loaded.tokenizer, loaded.sample):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field
+
+from .checkpoint import TRAINER_NAME, find_checkpoint, load_checkpoint
+from .generate import stream
+from .model import GPT
+from .settings import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    Number,
+    PositiveInt,
+    Settings,
+    ValidationError,
+    one_line,
+)
+from .tokenizers import Tokenizer, load_tokenizer
+
+__all__ = ["Loaded", "SampleSettings", "load", "prompt_ids", "resolve_device", "sample_text",
+           "stream_text"]
+
+
+class SampleSettings(Settings):
+    """How to sample: the ``sample`` section of a run's config, and ``generate``'s options."""
+
+    prompt: str = "The "
+    max_new_tokens: NonNegativeInt = 400
+    num_samples: PositiveInt = 1
+    temperature: NonNegativeFloat = 0.8  # 0: greedy
+    top_k: PositiveInt | None = None
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = 0.95
+    seed: NonNegativeInt = 0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model ready to generate: in eval mode, on ``device``, with its tokenizer."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    checkpoint: Path  # the checkpoint directory it came from
+    sample: SampleSettings  # the run's sample section (the defaults for a bare model checkpoint)
+    device: torch.device
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a ValueError."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} but no CUDA device is available (try cpu or auto)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} but MPS is not available (try cpu or auto)")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps, got {name!r}")
+    return torch.device(name)
+
+
+def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Loaded:
+    """The model, tokenizer and sample settings saved at ``path``: a run directory (its newest
+    checkpoint) or a checkpoint directory. FileNotFoundError/ValueError name the file."""
+    directory = find_checkpoint(path)
+    where = resolve_device(device)
+    model = load_checkpoint(directory, device=where)  # in eval mode
+    tokenizer = load_tokenizer(directory)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                         f"model {model.config.vocab_size}: not a pair that belongs together")
+    return Loaded(model, tokenizer, directory, _run_sample_settings(directory), where)
+
+
+def _run_sample_settings(directory: Path) -> SampleSettings:
+    path = directory / TRAINER_NAME
+    if not path.is_file():
+        return SampleSettings()
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+        return SampleSettings.model_validate(raw["config"]["sample"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: no readable 'config.sample' section ({e})") from None
+    except ValidationError as e:
+        raise ValueError(one_line(e, SampleSettings, origin=str(path), prefix="sample.")) from None
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
+    """``prompt``'s ids, the last ``block_size`` of them; an empty prompt starts from the
+    end-of-text token, or is a ValueError for a tokenizer without one."""
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:
+        if tokenizer.eot_id is None:
+            raise ValueError("the prompt is empty: give at least one character to start from")
+        ids = [tokenizer.eot_id]
+    return ids[-block_size:]
+
+
+def stream_text(model: GPT, tokenizer: Tokenizer, settings: SampleSettings) -> Iterator[str]:
+    """The continuation of ``settings.prompt`` (one sample), as text pieces while it is drawn.
+
+    Stops after ``max_new_tokens`` tokens or at the tokenizer's end-of-text token (not shown).
+    A character whose UTF-8 bytes span several tokens is yielded once it is complete.
+    """
+    device = next(model.parameters()).device
+    idx = torch.tensor([prompt_ids(tokenizer, settings.prompt, model.config.block_size)],
+                       device=device)
+    eot = tokenizer.eot_id
+    steps = stream(model, idx, settings.max_new_tokens, temperature=settings.temperature,
+                   top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed, eos_id=eot)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for step in steps:
+        token = int(step[0])
+        if token == eot:
+            break
+        if piece := decoder.decode(tokenizer.decode_bytes([token])):
+            yield piece
+    if tail := decoder.decode(b"", final=True):
+        yield tail
+
+
+def sample_text(model: GPT, tokenizer: Tokenizer, settings: SampleSettings) -> list[str]:
+    """``settings.num_samples`` continuations of ``settings.prompt``, prompt included, drawn
+    as one batch; each ends at the tokenizer's end-of-text token if it draws one."""
+    device = next(model.parameters()).device
+    ids = prompt_ids(tokenizer, settings.prompt, model.config.block_size)
+    idx = torch.tensor([ids] * settings.num_samples, device=device)
+    eot = tokenizer.eot_id
+    steps = list(stream(model, idx, settings.max_new_tokens, temperature=settings.temperature,
+                        top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
+                        eos_id=eot))
+    rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(len(idx))]
+    texts = []
+    for row in rows:
+        if eot is not None and eot in row:
+            row = row[: row.index(eot)]
+        texts.append(settings.prompt + tokenizer.decode(row))
+    return texts
