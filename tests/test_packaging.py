@@ -57,7 +57,7 @@ def test_installed_library_runs_without_the_course(wheel: Path, tmp_path: Path) 
         z.extractall(site)  # what pip would put in site-packages (no dependencies needed here)
     code = (
         "import sys, reference, reference.cli, reference.trainer.loop, reference.bpe, "
-        "reference.generate\n"
+        "reference.inference\n"
         "assert reference.__file__.startswith(sys.argv[1]), reference.__file__\n"
         "assert not {'solutions', 'exercises'} & {m.split('.')[0] for m in sys.modules}\n"
         "sys.argv = ['llm-from-scratch', '--help']\n"
