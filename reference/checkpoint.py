@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -46,6 +49,43 @@ def save_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Tensor]
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(data, str(tmp), metadata={"format": "pt"})
+
+
+def read_safetensors(path: str | os.PathLike[str],
+                     device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or foreign file is one
+    FileNotFoundError/ValueError that names it and says what it is instead.
+
+    A pickle (``torch.save``'s zip or a plain pickle) is refused, never unpickled: loading one
+    can run arbitrary code.
+    """
+    path = Path(path)
+    try:
+        return load_file(str(path), device=str(device))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: {_what_is_wrong(path, e)}") from None
+
+
+def _what_is_wrong(path: Path, error: Exception) -> str:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    size = path.stat().st_size
+    if head.startswith(b"PK\x03\x04"):
+        return ("a torch.save (pickle) file, not safetensors: this project never unpickles "
+                "(loading a pickle can run code); convert it with safetensors.torch.save_file")
+    if head[:1] == b"\x80":
+        return "a pickle file, not safetensors: this project never unpickles (it can run code)"
+    if size < 8:
+        return f"truncated: {size} bytes, not even a safetensors header"
+    header_length = int.from_bytes(head, "little")
+    if header_length > size - 8:
+        if header_length > 100_000_000:
+            return "not a safetensors file (no valid header)"
+        return (f"truncated or corrupt: it declares a {header_length:,}-byte header but holds "
+                f"{size:,} bytes ({error})")
+    return f"not a valid safetensors file ({error})"
 
 
 def load_weights(model: GPT, state_dict: Mapping[str, Tensor]) -> GPT:
@@ -87,13 +127,21 @@ def save_checkpoint(model: GPT, directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document at ``path``; FileNotFoundError or ValueError naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def read_config(path: str | os.PathLike[str]) -> GPTConfig:
     """The GPTConfig in a checkpoint's ``config.json``; a ValueError names what is wrong."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    raw = read_json(path)
     if not isinstance(raw, dict) or raw.get("model_type") != MODEL_TYPE:
         found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
         hint = " (a Hugging Face checkpoint: use reference.hf.load_gpt2)" if found == "gpt2" else ""
@@ -124,21 +172,49 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.devic
         model = GPT(config)
     model = model.to_empty(device=device)
     model.transformer.wte.weight = model.lm_head.weight  # to_empty keeps one tensor per tie
-    load_weights(model, load_file(str(directory / WEIGHTS_NAME), device=str(device)))
+    load_weights(model, read_safetensors(directory / WEIGHTS_NAME, device=device))
     return model.eval()
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` holds a whole model (its config and weights)."""
+    return (checkpoint / CONFIG_NAME).is_file() and (checkpoint / WEIGHTS_NAME).is_file()
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """The ``step-N`` directories under ``root``, oldest step first (by number, not by name)."""
+    steps = {p: _step_of(p) for p in root.glob("step-*") if p.is_dir()}
+    return sorted((p for p, n in steps.items() if n is not None), key=lambda p: steps[p] or 0)
+
+
+def _step_of(path: Path) -> int | None:
+    prefix, _, digits = path.name.partition("-")
+    return int(digits) if prefix == "step" and digits.isdigit() else None
+
+
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """The checkpoint directory ``path`` names: a checkpoint itself, or a run's newest one."""
+    """The checkpoint directory ``path`` names: a checkpoint itself, or a run's newest one.
+
+    A run's newest is the one ``checkpoints/latest`` names. If that one is missing or
+    incomplete, the newest complete checkpoint is used instead, with a warning that says so.
+    """
     path = Path(path)
-    if (path / TRAINER_NAME).is_file() or (path / "model.safetensors").is_file():
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    if (path / TRAINER_NAME).is_file() or (path / WEIGHTS_NAME).is_file():
         return path
-    for root in (path / CHECKPOINTS_DIR, path):
-        pointer = root / LATEST_NAME
-        if pointer.is_file():
-            found = root / pointer.read_text().strip()
-            if found.is_dir():
-                return found
-            raise FileNotFoundError(f"{pointer} names {found.name}, which does not exist")
-    expected = path / CHECKPOINTS_DIR / LATEST_NAME
-    raise FileNotFoundError(f"no checkpoint in {path} (expected {expected})")
+    root = path / CHECKPOINTS_DIR
+    pointer = root / LATEST_NAME
+    if not root.is_dir():
+        raise FileNotFoundError(f"no checkpoint in {path}: neither a checkpoint directory nor "
+                                f"a run directory (no {CHECKPOINTS_DIR}/)")
+    named = root / pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    if named is not None and is_complete(named):
+        return named
+    complete = [p for p in list_checkpoints(root) if is_complete(p)]
+    if not complete:
+        raise FileNotFoundError(f"no complete checkpoint in {root}")
+    why = f"{pointer} names {named.name}, which is missing or incomplete" if named else \
+        f"{pointer} is missing"
+    warnings.warn(f"{why}; using the newest complete checkpoint, {complete[-1]}", stacklevel=2)
+    return complete[-1]

@@ -11,17 +11,29 @@ Commands::
 With no arguments, ``train`` runs the main job: a small character-level GPT on the built-in
 corpus (Python's own documentation), a few minutes on a laptop CPU, no download; then a sample.
 Multi-process training: ``torchrun --nproc_per_node=2 -m reference train ...``.
+
+Errors are one line on stderr, ``error: ...``, naming the file, setting or value at fault; no
+traceback unless ``--debug`` is given or ``LLMFS_DEBUG=1`` is set. Warnings are one line too.
+
+Exit codes: 0 done; 1 the run failed (training diverged, or an unexpected error); 2 bad input
+(a usage error, a bad setting, a missing or unreadable file, a run directory in use); 130
+interrupted (Ctrl-C: the last checkpoint is intact, ``resume`` continues from it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .trainer.loop import Trainer
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 EXAMPLES = """examples:
   python -m reference train                                   # the main job (CPU, minutes)
@@ -36,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m reference", description="Train and sample a GPT from scratch.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (or set LLMFS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def config_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model, then print a sample")
     config_args(train)
     train.add_argument("--no-sample", action="store_true", help="do not generate at the end")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in train.out_dir (its checkpoints, metrics "
+                       "and plots) instead of refusing")
     prepare = sub.add_parser("prepare", help="tokenize the configured data only")
     config_args(prepare)
     resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
@@ -69,21 +86,43 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list:
-        args_list = ["train"]
+    if not args_list or args_list == ["--debug"]:
+        args_list = [*args_list, "train"]
     args = _parser().parse_args(args_list)
-    try:
-        if args.command in ("train", "prepare"):
-            return _train(args)
-        if args.command == "resume":
-            return _resume(args)
-        if args.command == "generate":
-            return _generate(args)
-    except (ValueError, FileNotFoundError, ConnectionError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _parser().print_help()
-    return 2
+    debug = args.debug or os.environ.get("LLMFS_DEBUG", "") not in ("", "0")
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "train": _train, "prepare": _train, "resume": _resume, "generate": _generate}
+    if args.command not in commands:
+        _parser().print_help()
+        return EXIT_BAD_INPUT
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return commands[args.command](args)
+        except KeyboardInterrupt:
+            print("interrupted: the last checkpoint written is intact (resume continues from it)",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except (ValueError, OSError, ImportError) as e:  # bad input: settings, files, network
+            _report(e, debug)
+            return EXIT_BAD_INPUT
+        except Exception as e:  # a bug or an unforeseen failure: still one line by default
+            _report(e, debug, unexpected=True)
+            return EXIT_FAILED
+
+
+def _report(error: BaseException, debug: bool, unexpected: bool = False) -> None:
+    if debug:
+        traceback.print_exception(error)
+    text = " ".join(str(error).split()) or type(error).__name__
+    if unexpected:
+        text = f"{type(error).__name__}: {text} (run with --debug for the traceback)"
+    print(f"error: {text}", file=sys.stderr)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: object = None, line: str | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -99,7 +138,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from .trainer.loop import Trainer
 
-    return _run(lambda: Trainer(config), args.no_sample)
+    return _run(lambda: Trainer(config, overwrite=args.overwrite), args.no_sample)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -118,7 +157,7 @@ def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
     except TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         cleanup(trainer.dist)
-        return 1
+        return EXIT_FAILED
     if trainer.dist.is_main:
         print(f"done: step {result.step}, train loss {result.train_loss:.4f}, "
               f"val loss {result.val_loss:.4f}, {result.seconds:.0f} s, "
@@ -129,7 +168,7 @@ def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
                 print(f"--- sample {i + 1} (seed {trainer.config.sample.seed}) ---")
                 print(text)
     cleanup(trainer.dist)
-    return 0
+    return EXIT_OK
 
 
 def _generate(args: argparse.Namespace) -> int:

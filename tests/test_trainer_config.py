@@ -122,8 +122,10 @@ def test_a_vocab_size_that_disagrees_with_the_tokenizer_is_refused() -> None:
 
 def test_overrides_parse_yaml_values_but_keep_text_as_given() -> None:
     config = load_config(overrides=["sample.prompt=  two spaces, then: a colon ",
-                                    "data.path=null", "train.threads=2", "model.bias=true",
-                                    "sample.top_k=null", "data.jsonl_field=123"])
+                                    "data.source=jsonl", "data.path=null.jsonl",
+                                    "train.threads=2", "model.bias=true", "sample.top_k=null",
+                                    "data.jsonl_field=123", "data.hf_config=null"])
     assert config.sample.prompt == "  two spaces, then: a colon "
-    assert config.data.path is None and config.train.threads == 2 and config.model.bias is True
+    assert config.data.path == "null.jsonl" and config.data.hf_config is None
+    assert config.train.threads == 2 and config.model.bias is True
     assert config.sample.top_k is None and config.data.jsonl_field == "123"

@@ -74,8 +74,9 @@ def test_two_cpu_processes_equal_one_process_on_the_combined_batch(tmp_path: Pat
             continue  # tied to transformer.wte.weight, stored once
         torch.testing.assert_close(ddp_weights[name], tensor, rtol=0, atol=1e-5,
                                    msg=f"{name}: 2 DDP processes differ from 1 process")
-    moved = (ddp_weights["transformer.wpe.weight"] - Trainer(single_config).model.state_dict()[
-        "transformer.wpe.weight"]).abs().max()
+    fresh = Trainer(load_config(overrides=_settings(tmp_path, "fresh", batch_size=4)))
+    moved = (ddp_weights["transformer.wpe.weight"]
+             - fresh.model.state_dict()["transformer.wpe.weight"]).abs().max()
     assert moved > 1e-3, "the weights barely moved: the comparison would prove nothing"
     ddp_val = float(proc.stdout.split("val loss ")[-1].split(",")[0])
     assert abs(ddp_val - result.val_loss) < 1e-3, (ddp_val, result.val_loss)

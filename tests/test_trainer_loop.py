@@ -263,6 +263,6 @@ def test_cli_rejects_bad_settings_naming_them(
     err = capsys.readouterr().err
     assert "unknown key 'train.max_step' (did you mean 'train.max_steps'?)" in err
     assert cli.main(["generate", str(tmp_path / "nothing")]) == 2
-    assert "no checkpoint in" in capsys.readouterr().err
+    assert "nothing not found" in capsys.readouterr().err
     assert cli.main(["prepare", f"train.out_dir={tmp_path}", "train.progress=false"]) == 0
     assert "tokens" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from os import PathLike
@@ -143,6 +144,11 @@ def train_from_counts(
                 if c > 0:
                     heapq.heappush(heap, (-c, keys[p[0]] + keys[p[1]], p))
             bar.update()
+    if len(merges) < num_merges:
+        got = 256 + len(merges) + len(special_tokens)
+        warnings.warn(f"the training text gives only {len(merges)} merges: the vocabulary has "
+                      f"{got} tokens, not the {vocab_size} asked for (every word is already one "
+                      "token; train on more text for a larger vocabulary)", stacklevel=3)
     return build_vocab(merges, special_tokens), merges
 
 

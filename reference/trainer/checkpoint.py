@@ -25,7 +25,6 @@ A crash at any point leaves the previous checkpoint and ``latest`` intact.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..atomic import atomic_directory, atomic_open, atomic_write_text, write_json
@@ -43,6 +41,9 @@ from ..checkpoint import (
     LATEST_NAME,
     TRAINER_NAME,
     find_checkpoint,
+    list_checkpoints,
+    read_json,
+    read_safetensors,
     save_checkpoint,
     save_safetensors,
 )
@@ -171,18 +172,6 @@ def save_training_checkpoint(
     return final
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The step number of a checkpoint directory named ``step-N``; None for any other name."""
-    prefix, _, digits = path.name.partition("-")
-    return int(digits) if prefix == "step" and digits.isdigit() else None
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """The checkpoint directories under ``root``, oldest step first (by number, not by name)."""
-    steps = {p: checkpoint_step(p) for p in root.glob("step-*") if p.is_dir()}
-    return sorted((p for p, n in steps.items() if n is not None), key=lambda p: steps[p] or 0)
-
-
 def _prune(root: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints, and leftovers of interrupted saves."""
     for old in list_checkpoints(root)[:-keep]:
@@ -198,19 +187,24 @@ def load_training_state(path: str | os.PathLike[str]) -> tuple[Path, TrainingSta
     if not trainer_json.is_file():
         raise FileNotFoundError(f"{directory} is a model checkpoint without training state "
                                 f"({TRAINER_NAME}): it can generate but not resume")
-    raw = json.loads(trainer_json.read_text())
-    if raw.get("format_version") not in READABLE_VERSIONS:
-        raise ValueError(f"{trainer_json}: format_version {raw.get('format_version')!r}, "
-                         f"expected one of {list(READABLE_VERSIONS)}")
-    optimizer = _join_optimizer_state(load_file(str(directory / OPTIMIZER_NAME)), raw["optimizer"])
-    rng = load_file(str(directory / RNG_NAME))
-    torch_rng = [rng[k] for k in sorted((k for k in rng if k.startswith("torch.rank")),
-                                        key=lambda k: int(k.removeprefix("torch.rank")))]
-    cuda_rng = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")),
-                                       key=lambda k: int(k.removeprefix("cuda.")))]
-    state = TrainingState(
-        step=int(raw["step"]), config=raw["config"], optimizer=optimizer, scaler=raw["scaler"],
-        torch_rng=torch_rng, cuda_rng=cuda_rng, batch_rng=rng["batch"],
-        last_eval={k: float(v) for k, v in raw.get("last_eval", {}).items()},
-    )
+    raw = read_json(trainer_json)
+    if not isinstance(raw, dict) or raw.get("format_version") not in READABLE_VERSIONS:
+        found = raw.get("format_version") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{trainer_json}: format_version {found!r}, expected one of "
+                         f"{list(READABLE_VERSIONS)} (written by another version?)")
+    tensors = read_safetensors(directory / OPTIMIZER_NAME)
+    rng = read_safetensors(directory / RNG_NAME)
+    try:
+        optimizer = _join_optimizer_state(tensors, raw["optimizer"])
+        torch_rng = [rng[k] for k in sorted((k for k in rng if k.startswith("torch.rank")),
+                                            key=lambda k: int(k.removeprefix("torch.rank")))]
+        cuda_rng = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")),
+                                           key=lambda k: int(k.removeprefix("cuda.")))]
+        state = TrainingState(
+            step=int(raw["step"]), config=raw["config"], optimizer=optimizer,
+            scaler=raw["scaler"], torch_rng=torch_rng, cuda_rng=cuda_rng, batch_rng=rng["batch"],
+            last_eval={k: float(v) for k, v in raw.get("last_eval", {}).items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{trainer_json}: malformed training state (missing or bad {e})") from None
     return directory, state

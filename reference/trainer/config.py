@@ -81,6 +81,27 @@ class DataSection(Settings):
 
     @model_validator(mode="after")
     def _consistent(self) -> DataSection:
+        # A setting the chosen source or tokenizer does not read is an error, not ignored.
+        for name, used_by, value in (
+            ("path", self.source in ("text", "jsonl", "shakespeare"), self.path),
+            ("jsonl_field", self.source == "jsonl", self.jsonl_field),
+            ("hf_name", self.source == "hf", self.hf_name),
+            ("hf_config", self.source == "hf", self.hf_config),
+            ("hf_split", self.source == "hf", self.hf_split),
+            ("max_documents", self.source == "hf", self.max_documents),
+            ("markov_vocab_size", self.source == "markov", self.markov_vocab_size),
+            ("markov_order", self.source == "markov", self.markov_order),
+            ("markov_concentration", self.source == "markov", self.markov_concentration),
+            ("markov_tokens", self.source == "markov", self.markov_tokens),
+            ("seed", self.source == "markov", self.seed),
+            ("tokenizer_path", self.tokenizer == "gpt2", self.tokenizer_path),
+            ("bpe_vocab_size", self.tokenizer == "bpe", self.bpe_vocab_size),
+        ):
+            if not used_by and value != type(self).model_fields[name].default:
+                what = "tokenizer" if name in ("tokenizer_path", "bpe_vocab_size") else "source"
+                raise ValueError(f"data.{name}={value!r} is not used with "
+                                 f"data.{what}={getattr(self, what)}: remove it, or choose the "
+                                 f"data.{what} that reads it")
         if self.source in ("text", "jsonl") and not self.path:
             raise ValueError(f"data.source={self.source} needs data.path (the local file)")
         if self.tokenizer == "gpt2" and not self.tokenizer_path:
@@ -167,6 +188,34 @@ class Config(Settings):
                              "the tokenizer) or make them equal")
         model = GPTConfig.model_validate({**self.model.model_dump(), "vocab_size": vocab_size})
         return self.model_copy(update={"model": model})
+
+
+# What ``resume`` may change besides the sample section, and what each change does. Everything
+# else is the run's own: the model's shape, the data and its split, the tokenizer, the optimizer
+# and its schedule, the batch and seeds. Changing one of those would make the resumed run mean
+# something else, so it is refused. ``train.max_steps`` trains longer (or stops sooner) on the
+# run's own schedule: the cosine keeps its ``train.decay_steps`` (pinned to the first
+# ``max_steps`` when a run starts), so steps past it train at ``train.min_lr``, with no jump in
+# the learning rate.
+RESUMABLE_TRAIN = ("max_steps", "eval_interval", "eval_steps", "log_interval",
+                   "checkpoint_interval", "keep_checkpoints", "threads", "progress", "tensorboard",
+                   "plot", "device", "compile", "activation_checkpointing")
+
+
+def check_resume_changes(saved: Config, new: Config) -> None:
+    """Raise ValueError naming every setting that differs between the run's config ``saved``
+    and ``new`` but may not change on resume: anything but ``sample.*`` and the
+    :data:`RESUMABLE_TRAIN` keys of ``train``."""
+    old, now = saved.model_dump(), new.model_dump()
+    refused = [f"{section}.{key}" for section in now for key in now[section]
+               if now[section][key] != old[section][key]
+               and section != "sample" and not (section == "train" and key in RESUMABLE_TRAIN)]
+    if refused:
+        raise ValueError(
+            f"cannot change {', '.join(refused)} when resuming: the run would mean something "
+            "else (its model, data, optimizer or schedule); start a new run instead. Resume "
+            f"may change sample.* and train.{{{', '.join(RESUMABLE_TRAIN)}}}"
+        )
 
 
 def _given(settings: BaseModel) -> dict[str, Any]:

@@ -17,6 +17,7 @@ source twice (a character tokenizer needs one pass for its alphabet, one to enco
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -293,28 +294,62 @@ def _shared_copy() -> Path | None:
 # ----------------------------------------------------------------------------- local files
 
 
+def read_utf8(path: Path, block_bytes: int = 1 << 20) -> Iterator[str]:
+    """The text of a UTF-8 file in pieces of about ``block_bytes``, never split inside a
+    character; a byte that is not UTF-8 is a ValueError naming the file and its byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file given to the decoder so far
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(block_bytes), b""):
+            buffered = decoder.getstate()[0]  # the start of a character cut by the last block
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError as e:
+                at = offset - len(buffered) + e.start
+                raise ValueError(
+                    f"{path}: not UTF-8 text: byte {at:,} is {(buffered + block)[e.start]:#04x} "
+                    f"({e.reason}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            if "\x00" in text:
+                raise ValueError(f"{path}: a NUL byte near byte {offset + block.index(0):,}: "
+                                 "this looks like a binary file, not text")
+            offset += len(block)
+            if text:
+                yield text
+        try:
+            tail = decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text: it ends inside a character "
+                             f"(byte {offset - len(decoder.getstate()[0]):,})") from None
+        if tail:
+            yield tail
+
+
 def text_file(path: str | os.PathLike[str], *, chunk_chars: int = 1 << 20) -> Corpus:
-    """A UTF-8 text file, read in pieces of about ``chunk_chars`` characters (whole lines)."""
+    """A UTF-8 text file, read in pieces of about ``chunk_chars`` characters.
+
+    A file that is not UTF-8 (or is binary) is a ValueError naming it and the byte offset.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"text file {p} not found")
 
     def pieces() -> Iterator[str]:
-        with open(p, encoding="utf-8") as f:
-            buf: list[str] = []
-            size = 0
-            for line in f:
-                buf.append(line)
-                size += len(line)
-                if size >= chunk_chars:
-                    yield "".join(buf)
-                    buf, size = [], 0
-            if buf:
-                yield "".join(buf)
+        return read_utf8(p, block_bytes=chunk_chars)
 
     stat = p.stat()
     return Corpus(p.name, pieces, size=stat.st_size,
                   fingerprint=f"file:{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+
+
+def _lines(pieces: Iterator[str]) -> Iterator[str]:
+    """The ``\\n``-separated lines of a text given in pieces (cut anywhere)."""
+    rest = ""
+    for piece in pieces:
+        *whole, rest = (rest + piece).split("\n")
+        yield from whole
+    if rest:
+        yield rest
 
 
 def jsonl_file(path: str | os.PathLike[str], *, field: str = "text") -> Corpus:
@@ -328,17 +363,16 @@ def jsonl_file(path: str | os.PathLike[str], *, field: str = "text") -> Corpus:
         raise FileNotFoundError(f"JSONL file {p} not found")
 
     def pieces() -> Iterator[str]:
-        with open(p, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{lineno}: not valid JSON ({e})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                    raise ValueError(f"{p}:{lineno}: expected an object with a string {field!r}")
-                yield obj[field] + DOCUMENT_SEPARATOR
+        for lineno, line in enumerate(_lines(read_utf8(p)), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{lineno}: not valid JSON ({e})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                raise ValueError(f"{p}:{lineno}: expected an object with a string {field!r}")
+            yield obj[field] + DOCUMENT_SEPARATOR
 
     stat = p.stat()
     return Corpus(p.name, pieces, size=None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,8 +235,8 @@ def reusable(directory: str | os.PathLike[str], fingerprint: dict[str, Any]) -> 
 
 
 def _progress(corpus: Corpus, enabled: bool, desc: str) -> Iterator[str]:
-    bar = tqdm(total=corpus.size, desc=desc, unit="char", unit_scale=True, disable=not enabled,
-               leave=False)
+    bar = tqdm(total=corpus.size, desc=desc, unit="char", unit_scale=True,
+               disable=not enabled or not sys.stderr.isatty(), leave=False)  # a terminal only
     with bar:
         for piece in corpus:
             bar.update(len(piece))

@@ -89,6 +89,15 @@ def broadcast_flag(info: DistInfo, flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_object(info: DistInfo, obj: object) -> object:
+    """Rank 0's ``obj`` (any picklable value) on every rank, e.g. rank 0's decision."""
+    if not info.enabled:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
     """The mean of ``value`` over all ranks (e.g. a validation loss)."""
     if not info.enabled:

@@ -28,16 +28,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
+from filelock import FileLock
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..checkpoint import WEIGHTS_NAME, load_weights
+from ..checkpoint import TRAINER_NAME, WEIGHTS_NAME, load_weights, read_safetensors
 from ..inference import SampleSettings, resolve_device, sample_text
 from ..model import GPT
 from ..tokenizers import Tokenizer, gpt2_tokenizer
 from .checkpoint import load_training_state, restore_rng, save_training_checkpoint
-from .config import Config, config_from_dict, parse_overrides
+from .config import Config, check_resume_changes, config_from_dict, parse_overrides
 from .corpora import (
     MarkovSource,
     builtin_corpus,
@@ -56,9 +56,17 @@ from .data import (
     reusable,
     train_bpe_tokenizer,
 )
-from .distributed import DistInfo, all_reduce_mean, barrier, device_for, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    device_for,
+    init_distributed,
+)
 from .monitor import Monitor
 from .optim import cosine_lr, make_optimizer
+from .rundir import RunDirectoryError, claim, run_directory_of
 from .step import NonFiniteLoss, cross_entropy, train_step
 
 
@@ -124,7 +132,13 @@ class Trainer:
     """One training run: build with a :class:`Config`, then :meth:`fit`; or :meth:`resume`."""
 
     def __init__(self, config: Config, *, dist_info: DistInfo | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, overwrite: bool = False,
+                 resuming: bool = False) -> None:
+        """A new run of ``config`` (refused if ``train.out_dir`` holds one, unless
+        ``overwrite``); :meth:`resume` passes ``resuming=True`` to continue one instead."""
+        if config.train.decay_steps is None:  # pin the schedule: resuming longer continues it
+            config = config_from_dict({"train": {"decay_steps": config.train.max_steps}},
+                                      base=config)
         t = config.train
         device_type = resolve_device(t.device).type
         if t.dtype == "float16" and device_type != "cuda":
@@ -132,6 +146,16 @@ class Trainer:
                              "use bfloat16 or float32 on " + device_type)
         self.dist = dist_info or init_distributed(device_type)
         self.device = device_for(self.dist, device_type)
+        self._lock: FileLock | None = None
+        problem: object = None
+        if self.dist.is_main:  # rank 0 decides for every rank
+            try:
+                self._lock = claim(t.out_dir, resume=resuming, overwrite=overwrite)
+            except RunDirectoryError as e:
+                problem = str(e)
+        problem = broadcast_object(self.dist, problem)
+        if problem:
+            raise RunDirectoryError(str(problem))
         self.progress = t.progress if progress is None else progress
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -254,18 +278,29 @@ class Trainer:
         ``train.max_steps=4000`` to train longer.
         """
         directory, state = load_training_state(path)
-        config = config_from_dict(state.config, origin=str(directory))
+        run_dir = run_directory_of(directory)
+        saved = config_from_dict(state.config, origin=str(directory / TRAINER_NAME))
+        if saved.train.decay_steps is None:  # a run from before the schedule was pinned
+            saved = config_from_dict({"train": {"decay_steps": saved.train.max_steps}},
+                                     base=saved)
+        config = saved
         if overrides:
-            config = config_from_dict(parse_overrides(overrides), base=config, origin="override")
-        trainer = cls(config, dist_info=dist_info, progress=progress)
+            config = config_from_dict(parse_overrides(overrides), base=saved, origin="override")
+            check_resume_changes(saved, config)
+        if config.train.max_steps < state.step and config.train.max_steps != saved.train.max_steps:
+            raise ValueError(f"train.max_steps={config.train.max_steps} is below the step the run "
+                             f"reached ({state.step}); give a larger train.max_steps")
+        # DIR is resumed wherever it lies: the recorded out_dir is not used for writing.
+        config = config_from_dict({"train": {"out_dir": str(run_dir)}}, base=config)
+        trainer = cls(config, dist_info=dist_info, progress=progress, resuming=True)
         meta_path = directory / "meta.json"
         if meta_path.is_file():
             saved = json.loads(meta_path.read_text())
             if saved.get("tokenizer") != trainer.data.meta.get("tokenizer"):
                 raise ValueError(f"the data in {trainer.data.directory} is tokenized differently "
                                  f"from the checkpoint {directory}")
-        load_weights(trainer.model, load_file(str(directory / WEIGHTS_NAME),
-                                              device=str(trainer.device)))
+        load_weights(trainer.model, read_safetensors(directory / WEIGHTS_NAME,
+                                                     device=trainer.device))
         trainer.optimizer.load_state_dict(state.optimizer)
         if state.scaler and trainer.scaler.is_enabled():
             trainer.scaler.load_state_dict(state.scaler)
@@ -287,6 +322,8 @@ class Trainer:
         """
         t = self.config.train
         target = t.max_steps if max_steps is None else max_steps
+        if self.dist.is_main and (self._lock is None or not self._lock.is_locked):
+            self._lock = claim(t.out_dir, resume=True)  # fit again after a fit: hold it again
         monitor = Monitor(t.out_dir, total_steps=target, start_step=self.step,
                           progress=self.progress, tensorboard=t.tensorboard,
                           enabled=self.dist.is_main)
@@ -329,12 +366,18 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             monitor.close(plot=t.plot)
+            self.release()
         speed = steps_done * self.tokens_per_step / train_seconds if train_seconds else math.nan
         return TrainResult(
             step=self.step, train_loss=self.last_eval["train"], val_loss=self.last_eval["val"],
             checkpoint=self.last_checkpoint, seconds=time.perf_counter() - start,
             tokens_per_s=speed, peak_memory_mb=peak_memory_mb(self.device),
         )
+
+    def release(self) -> None:
+        """Let go of the run directory (done when :meth:`fit` ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.release(force=True)
 
     # ------------------------------------------------------------------ sampling
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..atomic import atomic_path
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
+TENSORBOARD_DIR = "tb"
 
 
 def tensorboard_writer(log_dir: Path) -> Any | None:
@@ -54,13 +56,18 @@ class Monitor:
         self.out_dir = Path(out_dir)
         self.metrics_path = self.out_dir / METRICS_NAME
         self.bar: tqdm[Any] | None = None
+        self.plain = False
         self.writer: Any | None = None
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        # A bar that redraws itself on a terminal; in a file or a pipe, plain lines instead
+        # (one per logged step), not a line per redraw.
+        self.plain = progress and not sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step",
-                        disable=not progress, dynamic_ncols=True)
-        self.writer = tensorboard_writer(self.out_dir / "tb") if tensorboard else None
+                        disable=not progress or self.plain, dynamic_ncols=True)
+        self.writer = tensorboard_writer(self.out_dir / TENSORBOARD_DIR) if tensorboard else None
 
     def _append(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
@@ -73,7 +80,10 @@ class Monitor:
         self._append({"kind": "train", "step": step, "loss": loss, "lr": lr,
                       "tokens_per_s": tokens_per_s, "grad_norm": grad_norm,
                       "time": time.time()})
-        if self.bar is not None:
+        if self.plain:
+            self.message(f"step {step}/{self.total_steps}: loss {loss:.4f}, lr {lr:.2e}, "
+                         f"{tokens_per_s:,.0f} tokens/s")
+        elif self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
