@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .atomic import atomic_path, write_json
+from .console import Notice
 from .model import GPT, GPTConfig
 from .settings import ValidationError, one_line
 
@@ -65,7 +66,18 @@ def read_safetensors(path: str | os.PathLike[str],
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: {_what_is_wrong(path, e)}") from None
+        raise ValueError(f"{path}: {_what_is_wrong(path, e)}{_whole_neighbour(path)}") from None
+
+
+def _whole_neighbour(path: Path) -> str:
+    """For a file of a run's checkpoint: the newest other checkpoint that looks whole."""
+    checkpoint = path.parent
+    if checkpoint.parent.name != CHECKPOINTS_DIR:
+        return ""
+    others = [p for p in list_checkpoints(checkpoint.parent) if p != checkpoint and is_complete(p)]
+    if not others:
+        return ""
+    return f"; the checkpoint {others[-1]} looks whole: give that directory instead"
 
 
 def _what_is_wrong(path: Path, error: Exception) -> str:
@@ -216,5 +228,6 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
         raise FileNotFoundError(f"no complete checkpoint in {root}")
     why = f"{pointer} names {named.name}, which is missing or incomplete" if named else \
         f"{pointer} is missing"
-    warnings.warn(f"{why}; using the newest complete checkpoint, {complete[-1]}", stacklevel=2)
+    warnings.warn(f"{why}; using the newest complete checkpoint, {complete[-1]}", Notice,
+                  stacklevel=2)
     return complete[-1]

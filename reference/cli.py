@@ -23,17 +23,23 @@ interrupted (Ctrl-C: the last checkpoint is intact, ``resume`` continues from it
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from .console import (
+    BAD_INPUT,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    debugging,
+    one_line_warnings,
+    report,
+)
+
 if TYPE_CHECKING:
     from .trainer.loop import Trainer
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 EXAMPLES = """examples:
   python -m reference train                                   # the main job (CPU, minutes)
@@ -89,40 +95,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or args_list == ["--debug"]:
         args_list = [*args_list, "train"]
     args = _parser().parse_args(args_list)
-    debug = args.debug or os.environ.get("LLMFS_DEBUG", "") not in ("", "0")
+    debug = debugging(args.debug)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "train": _train, "prepare": _train, "resume": _resume, "generate": _generate}
     if args.command not in commands:
         _parser().print_help()
         return EXIT_BAD_INPUT
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
+    with one_line_warnings():
         try:
             return commands[args.command](args)
         except KeyboardInterrupt:
             print("interrupted: the last checkpoint written is intact (resume continues from it)",
                   file=sys.stderr)
             return EXIT_INTERRUPTED
-        except (ValueError, OSError, ImportError) as e:  # bad input: settings, files, network
-            _report(e, debug)
+        except BAD_INPUT as e:
+            report(e, debug=debug)
             return EXIT_BAD_INPUT
         except Exception as e:  # a bug or an unforeseen failure: still one line by default
-            _report(e, debug, unexpected=True)
+            report(e, debug=debug, unexpected=True)
             return EXIT_FAILED
-
-
-def _report(error: BaseException, debug: bool, unexpected: bool = False) -> None:
-    if debug:
-        traceback.print_exception(error)
-    text = " ".join(str(error).split()) or type(error).__name__
-    if unexpected:
-        text = f"{type(error).__name__}: {text} (run with --debug for the traceback)"
-    print(f"error: {text}", file=sys.stderr)
-
-
-def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
-                      lineno: int, file: object = None, line: str | None = None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -152,6 +143,9 @@ def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
     from .trainer.loop import TrainingDiverged
 
     trainer = make()
+    sampling = not no_sample and trainer.config.sample.max_new_tokens > 0
+    if sampling:
+        trainer.check_sample_settings()
     try:
         result = trainer.fit()
     except TrainingDiverged as e:
@@ -163,7 +157,7 @@ def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
               f"val loss {result.val_loss:.4f}, {result.seconds:.0f} s, "
               f"{result.tokens_per_s:,.0f} tokens/s, peak memory {result.peak_memory_mb:,.0f} MiB")
         print(f"checkpoint: {result.checkpoint}")
-        if not no_sample and trainer.config.sample.max_new_tokens > 0:
+        if sampling:
             for i, text in enumerate(trainer.sample()):
                 print(f"--- sample {i + 1} (seed {trainer.config.sample.seed}) ---")
                 print(text)

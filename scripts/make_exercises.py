@@ -21,10 +21,19 @@ import the solutions.
 For each spec ``specs/test_<component>.py`` it also writes ``exercises/test_<component>.py``, a
 thin file that runs that spec against the stubs.
 
+The learner's work is safe. The generator writes only the files whose text differs and deletes
+only ``.py`` files that have no counterpart (never ``conftest.py``, other files or
+``__pycache__``). It touches an existing file only if git says it is pristine: tracked, and
+unmodified relative to HEAD (nothing staged, nothing in the work tree). Any other file it would
+overwrite or delete (untracked, modified, outside a git checkout, or git not available) may be
+the learner's: it names each one with why, exits 2 and changes nothing at all, unless given
+``--force``. ``--check`` only reads.
+
 Usage::
 
     python scripts/make_exercises.py           # write exercises/
     python scripts/make_exercises.py --check   # exit 1 if exercises/ is out of date
+    python scripts/make_exercises.py --force   # also overwrite or delete files that may be yours
 """
 
 from __future__ import annotations
@@ -130,62 +139,89 @@ def generate(root: Path = ROOT) -> dict[Path, str]:
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
+    """Write (or with ``--check`` compare) ``root/exercises``; return the exit code.
+
+    0: up to date or written; 1: ``--check`` found it stale; 2: refused, nothing changed,
+    because a file it would overwrite or delete may be the learner's (see the module docstring).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     parser.add_argument(
-        "--force", action="store_true", help="overwrite stubs that have uncommitted edits"
+        "--force", action="store_true", help="overwrite and delete files that may be yours"
     )
     args = parser.parse_args(argv)
-    target = ROOT / "exercises"
-    expected = generate()
+    target = root / "exercises"
+    expected = generate(root)
     existing = {
         p.relative_to(target)
         for p in target.rglob("*.py")
         if "__pycache__" not in p.parts and p.name != "conftest.py"
     }
     stale = sorted(
-        str(rel)
+        rel
         for rel, text in expected.items()
         if not (target / rel).is_file() or (target / rel).read_text() != text
     )
-    extra = sorted(str(rel) for rel in existing - expected.keys())
+    extra = sorted(existing - expected.keys())
     if args.check:
         for rel in stale:
-            print(f"exercises/{rel} differs from what solutions/ generates")
+            print(f"exercises/{rel.as_posix()} differs from what solutions/ generates")
         for rel in extra:
-            print(f"exercises/{rel} has no counterpart in solutions/ or specs/")
+            print(f"exercises/{rel.as_posix()} has no counterpart in solutions/ or specs/")
         return 1 if stale or extra else 0
-    edited = _uncommitted(target, stale + extra)
-    if edited and not args.force:
-        print("refusing to overwrite uncommitted edits (yours?) in:", *edited, sep="\n  ")
-        print("commit or move them, or pass --force")
+    doomed = {target / rel: "would be overwritten" for rel in stale if (target / rel).exists()}
+    doomed |= {target / rel: "would be deleted" for rel in extra}
+    risky = _not_pristine(root, sorted(doomed))
+    if risky and not args.force:
+        for path, why in risky.items():
+            print(f"{path.relative_to(root).as_posix()}: {why}, {doomed[path]}", file=sys.stderr)
+        print(
+            "refused, nothing changed: these may be your work; commit or move them, "
+            "or pass --force",
+            file=sys.stderr,
+        )
         return 2
-    for path, text in expected.items():
-        (target / path).parent.mkdir(parents=True, exist_ok=True)
-        (target / path).write_text(text)
-    for name in extra:
-        (target / name).unlink()
-    print(f"wrote {len(expected)} files to exercises/ ({len(stale)} changed, {len(extra)} removed)")
+    for rel in stale:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        (target / rel).write_text(expected[rel])
+    for rel in extra:
+        (target / rel).unlink()
+    print(f"exercises/: {len(stale)} written, {len(extra)} removed, {len(expected)} generated")
     return 0
 
 
-def _uncommitted(target: Path, rels: list[str]) -> list[str]:
-    """Those of ``rels`` (under ``target``) that git reports as modified; [] outside git."""
-    if not rels:
-        return []
-    paths = [str(target / rel) for rel in rels]
+def _not_pristine(root: Path, paths: list[Path]) -> dict[Path, str]:
+    """Those of ``paths`` that git does not show as committed and unmodified, each with why.
+
+    Why is "untracked" (not in git's index, ignored files included) or "modified" (relative to
+    HEAD, staged or not); when git cannot tell, every path is "not in a git checkout" or "git is
+    not available".
+    """
+    if not paths:
+        return {}
+
+    def git(*args: str) -> str:
+        command = ["git", "--no-optional-locks", "-C", str(root), *args]  # read-only
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    names = [str(p) for p in paths]
     try:
-        result = subprocess.run(
-            ["git", "status", "--porcelain", "--", *paths],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    return [line[3:] for line in result.stdout.splitlines() if line[:2].strip() in {"M", "MM"}]
+        top = Path(git("rev-parse", "--show-toplevel").strip())
+        tracked = git("ls-files", "-z", "--full-name", "--", *names).split("\0")
+        changed = git("status", "-z", "--porcelain", "--no-renames", "-uno", "--", *names)
+    except OSError:
+        return dict.fromkeys(paths, "git is not available")
+    except subprocess.CalledProcessError:
+        return dict.fromkeys(paths, "not in a git checkout")
+    # Both list paths relative to the top of the work tree; a status entry is "XY path".
+    in_index = {(top / name).resolve() for name in tracked if name}
+    modified = {(top / entry[3:]).resolve() for entry in changed.split("\0") if entry}
+    return {
+        p: "modified" if p.resolve() in in_index else "untracked"
+        for p in paths
+        if p.resolve() not in in_index or p.resolve() in modified
+    }
 
 
 if __name__ == "__main__":

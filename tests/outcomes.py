@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         Path(path).write_text(json.dumps(_results, indent=1))
 
 
-def run_specs(args: list[str], tmp_path: Path) -> tuple[int, dict[str, Outcome]]:
+def run_specs(args: list[str], tmp_path: Path, cwd: Path = ROOT) -> tuple[int, dict[str, Outcome]]:
     """Run pytest with ``args`` in a subprocess; return its exit code and outcome per test id."""
+    return start_specs(args, tmp_path, cwd)()
+
+
+def start_specs(
+    args: list[str], tmp_path: Path, cwd: Path = ROOT
+) -> Callable[[], tuple[int, dict[str, Outcome]]]:
+    """Start ``run_specs`` in the background; call the function it returns for the result.
+
+    It runs in ``cwd``: this project, or a copy of it elsewhere, which finds this project's
+    shared data (``LLMFS_DATA``).
+    """
+    from conftest import data_dir  # the project's conftest, loaded by the calling test run
+
     out = tmp_path / "outcomes.json"
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "LLMFS_DATA": str(data_dir())}
     cmd = [
         sys.executable,
         "-m",
@@ -76,11 +90,21 @@ def run_specs(args: list[str], tmp_path: Path) -> tuple[int, dict[str, Outcome]]
         "no:randomly",
         *args,
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if not out.exists():
-        raise AssertionError(
-            f"pytest wrote no outcomes (exit {proc.returncode}):\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    raw = json.loads(out.read_text())
-    return proc.returncode, {k: Outcome(**v) for k, v in raw.items()}
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+    def result() -> tuple[int, dict[str, Outcome]]:
+        try:
+            stdout, stderr = proc.communicate(timeout=900)
+        finally:
+            proc.kill()  # only if it is still running
+        if not out.exists():
+            raise AssertionError(
+                f"pytest wrote no outcomes (exit {proc.returncode}):\n"
+                f"{stdout[-4000:]}\n{stderr[-4000:]}"
+            )
+        raw = json.loads(out.read_text())
+        return proc.returncode, {k: Outcome(**v) for k, v in raw.items()}
+
+    return result

@@ -243,10 +243,16 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("hello", encoding="utf-8")
-    assert main(["train", str(corpus), "--vocab-size", "100", "--out", str(tmp_path / "t")]) == 1
+    assert main(["train", str(corpus), "--vocab-size", "100", "--out", str(tmp_path / "t")]) == 2
     assert "error: vocab_size=100 is too small" in capsys.readouterr().err
-    assert main(["encode", "--model", str(tmp_path / "nope.json"), "--text", "x"]) == 1
-    assert "error:" in capsys.readouterr().err
+    assert main(["encode", "--model", str(tmp_path / "nope.json"), "--text", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nope.json" in err and err.count("\n") == 1
+    assert main(["train", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "t")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("warning: the training text gives only 4 merges: the vocabulary has 260 "
+                      "tokens, not the 300 asked for (every word is already one token; train on "
+                      "more text for a larger vocabulary)"), err
     with pytest.raises(SystemExit):
         main(["encode", "--text", "x"])  # no tokenizer given: argparse's usage error
 

@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..console import BAD_INPUT, EXIT_BAD_INPUT, debugging, one_line_warnings, report
 from .pretokenize import DEFAULT_CHUNK_SIZE, iter_text_blocks
 from .tokenizer import AllowedSpecial, Tokenizer
 from .trainer import train_bpe_from_file
@@ -57,39 +58,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sub.add_argument("--limit", type=int, default=None, help="at most this many lines")
 
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            vocab, merges = train_bpe_from_file(
-                args.input, args.vocab_size, args.special, processes=args.processes,
-                chunk_size=args.chunk_size, progress=False if args.no_progress else None,
-            )
-            Tokenizer(vocab, merges, args.special).save(args.out)
-            print(f"wrote {args.out}: {len(vocab)} tokens, {len(merges)} merges", file=sys.stderr)
-            return 0
-        if args.model:
-            tok = Tokenizer.load(args.model)
-        else:
-            specials = ["<|endoftext|>"] if args.special is None else args.special
-            tok = Tokenizer.from_tiktoken(args.tiktoken, specials)
-        if args.command == "encode":
-            allowed: AllowedSpecial = set() if args.no_special else "all"
-            pieces = [args.text] if args.text is not None else iter_text_blocks(args.input)
-            out = sys.stdout
-            line: list[str] = []
-            for i in tok.encode_iterable(pieces, allowed_special=allowed):
-                line.append(str(i))
-                if len(line) >= 4096:
-                    out.write(" ".join(line) + " ")
-                    line = []
-            out.write(" ".join(line) + "\n")
-            return 0
-        for row in describe_vocab(tok.vocab, tok.merges, tok.special_tokens, limit=args.limit):
-            print(row)
+    with one_line_warnings():
+        try:
+            return _run(args)
+        except BAD_INPUT as e:
+            report(e, debug=debugging(args.debug))
+            return EXIT_BAD_INPUT
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        vocab, merges = train_bpe_from_file(
+            args.input, args.vocab_size, args.special, processes=args.processes,
+            chunk_size=args.chunk_size, progress=False if args.no_progress else None,
+        )
+        Tokenizer(vocab, merges, args.special).save(args.out)
+        print(f"wrote {args.out}: {len(vocab)} tokens, {len(merges)} merges", file=sys.stderr)
         return 0
-    except (OSError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.model:
+        tok = Tokenizer.load(args.model)
+    else:
+        specials = ["<|endoftext|>"] if args.special is None else args.special
+        tok = Tokenizer.from_tiktoken(args.tiktoken, specials)
+    if args.command == "encode":
+        allowed: AllowedSpecial = set() if args.no_special else "all"
+        pieces = [args.text] if args.text is not None else iter_text_blocks(args.input)
+        out = sys.stdout
+        line: list[str] = []
+        for i in tok.encode_iterable(pieces, allowed_special=allowed):
+            line.append(str(i))
+            if len(line) >= 4096:
+                out.write(" ".join(line) + " ")
+                line = []
+        out.write(" ".join(line) + "\n")
+        return 0
+    for row in describe_vocab(tok.vocab, tok.merges, tok.special_tokens, limit=args.limit):
+        print(row)
+    return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from os import PathLike
 
 from tqdm import tqdm
 
+from ..console import Notice
 from .pretokenize import DEFAULT_CHUNK_SIZE, count_pretokens, count_pretokens_in_file
 from .vocab import build_vocab
 
@@ -148,7 +149,7 @@ def train_from_counts(
         got = 256 + len(merges) + len(special_tokens)
         warnings.warn(f"the training text gives only {len(merges)} merges: the vocabulary has "
                       f"{got} tokens, not the {vocab_size} asked for (every word is already one "
-                      "token; train on more text for a larger vocabulary)", stacklevel=3)
+                      "token; train on more text for a larger vocabulary)", Notice, stacklevel=3)
     return build_vocab(merges, special_tokens), merges
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..checkpoint import TRAINER_NAME, WEIGHTS_NAME, load_weights, read_safetensors
-from ..inference import SampleSettings, resolve_device, sample_text
+from ..inference import SampleSettings, prompt_ids, resolve_device, sample_text
 from ..model import GPT
 from ..tokenizers import Tokenizer, gpt2_tokenizer
 from .checkpoint import load_training_state, restore_rng, save_training_checkpoint
@@ -380,6 +380,15 @@ class Trainer:
             self._lock.release(force=True)
 
     # ------------------------------------------------------------------ sampling
+
+    def check_sample_settings(self) -> None:
+        """Raise ValueError now, before training, if the end-of-run sample would fail (a prompt
+        the tokenizer cannot encode)."""
+        s = self.config.sample
+        try:
+            prompt_ids(self.data.tokenizer(), s.prompt, self.config.model.block_size)
+        except ValueError as e:
+            raise ValueError(f"sample.prompt={s.prompt!r}: {e}") from None
 
     def sample(self, **changes: Any) -> list[str]:
         """Text from the model with the ``sample`` section (fields overridable by keyword).
