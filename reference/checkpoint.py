@@ -49,7 +49,10 @@ def save_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Tensor]
     """Write ``tensors`` (contiguous copies on the CPU) as safetensors, atomically."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(data, str(tmp), metadata={"format": "pt"})
+        try:
+            save_file(data, str(tmp), metadata={"format": "pt"})
+        except SafetensorError as e:  # e.g. a full disk, reported by the Rust writer
+            raise OSError(f"could not write {path}: {e}") from None
 
 
 def read_safetensors(path: str | os.PathLike[str],

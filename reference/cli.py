@@ -23,6 +23,7 @@ interrupted (Ctrl-C: the last checkpoint is intact, ``resume`` continues from it
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -109,11 +110,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_INTERRUPTED
         except BAD_INPUT as e:
-            report(e, debug=debug)
+            if not _echo_of_rank_0(e):
+                report(e, debug=debug)
             return EXIT_BAD_INPUT
         except Exception as e:  # a bug or an unforeseen failure: still one line by default
             report(e, debug=debug, unexpected=True)
             return EXIT_FAILED
+
+
+def _echo_of_rank_0(error: BaseException) -> bool:
+    """Under torchrun, a decision rank 0 made for every rank (a run directory refused) is
+    reported by rank 0 alone."""
+    from .trainer.rundir import RunDirectoryError
+
+    return isinstance(error, RunDirectoryError) and os.environ.get("RANK", "0") != "0"
 
 
 def _train(args: argparse.Namespace) -> int:

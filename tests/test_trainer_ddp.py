@@ -65,6 +65,10 @@ def test_two_cpu_processes_equal_one_process_on_the_combined_batch(tmp_path: Pat
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "2 process(es)" in proc.stdout + proc.stderr
     assert proc.stdout.count("done: step 3") == 1, "only rank 0 reports"
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode != 0, "a second run into the same directory must be refused"
+    refusals = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
+    assert len(refusals) == 1 and "already holds a run" in refusals[0], again.stderr[-3000:]
 
     single = Trainer(single_config)
     result = single.fit()

@@ -255,17 +255,25 @@ class Trainer:
             ranks = gathered
         path = None
         if self.dist.is_main:
-            path = save_training_checkpoint(
-                self.config.train.out_dir, model=self.model, optimizer=self.optimizer,
-                step=self.step, config=self.config.to_dict(), data_dir=self.data.directory,
-                batch_rng=self.batch_generator.get_state(), torch_rng=ranks,
-                scaler=self.scaler if self.scaler.is_enabled() else None,
-                keep=self.config.train.keep_checkpoints,
-                last_eval=self.last_eval,
-            )
+            try:
+                path = self._save_checkpoint(ranks)
+            except OSError as e:  # a full disk, say: the previous checkpoint is still whole
+                where = (f"the previous checkpoint {self.last_checkpoint} is intact (resume "
+                         "continues from it)" if self.last_checkpoint else "no checkpoint yet")
+                raise OSError(f"could not save the checkpoint of step {self.step} in "
+                              f"{self.config.train.out_dir}: {e}; {where}") from None
             self.last_checkpoint = path
         barrier(self.dist)
         return path
+
+    def _save_checkpoint(self, ranks: list[Any]) -> Path:
+        return save_training_checkpoint(
+            self.config.train.out_dir, model=self.model, optimizer=self.optimizer,
+            step=self.step, config=self.config.to_dict(), data_dir=self.data.directory,
+            batch_rng=self.batch_generator.get_state(), torch_rng=ranks,
+            scaler=self.scaler if self.scaler.is_enabled() else None,
+            keep=self.config.train.keep_checkpoints, last_eval=self.last_eval,
+        )
 
     # ------------------------------------------------------------------ resume
 
