@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -102,12 +103,31 @@ def impl(request: pytest.FixtureRequest) -> Any:
     patches = importlib.import_module(module_name).MUTANTS[mutant_name]
     with pytest.MonkeyPatch.context() as mp:
         for dotted, replacement in patches.items():
-            owner: Any = module
-            *path, attr = dotted.split(".")
-            for part in path:
-                owner = getattr(owner, part)
-            mp.setattr(owner, attr, replacement)  # raises if the attribute does not exist
+            patch_everywhere(mp, module, dotted, replacement)
         yield module
+
+
+def patch_everywhere(mp: pytest.MonkeyPatch, module: ModuleType, dotted: str,
+                     replacement: Any) -> None:
+    """Replace the object at ``module.<dotted>`` by ``replacement``, and every other reference
+    to that same object in the modules of ``module``'s package (a function imported by name,
+    ``from .merge import merge``, is one object under several names): the mutant is what
+    every caller gets, without a hand-kept list of the modules that import it."""
+    owner: Any = module
+    *path, attr = dotted.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    target = getattr(owner, attr)  # raises if the attribute does not exist
+    mp.setattr(owner, attr, replacement)
+    if isinstance(owner, type):  # a method: the class is the one place
+        return
+    package = module.__name__.split(".")[0]
+    for name, other in list(sys.modules.items()):
+        if name.split(".")[0] != package or other is None:
+            continue
+        for alias, value in list(vars(other).items()):
+            if value is target:
+                mp.setattr(other, alias, replacement)
 
 
 def _mutants(config: pytest.Config) -> list[str]:

@@ -129,7 +129,7 @@ def load_tiktoken_ranks(
 
     Example::
 
-        >>> vocab, merges = load_tiktoken_ranks("../shared/data/gpt2/gpt2.tiktoken")
+        >>> vocab, merges = load_tiktoken_ranks(GPT2_RANKS)  # the path of gpt2.tiktoken
         >>> len(vocab), len(merges), vocab[15496], merges[0]
         (50256, 50000, b'Hello', (b' ', b't'))
 

@@ -83,7 +83,7 @@ class Tokenizer:
 
     Example::
 
-        >>> tok = Tokenizer.from_tiktoken("../shared/data/gpt2/gpt2.tiktoken", ["<|endoftext|>"])
+        >>> tok = Tokenizer.from_tiktoken(GPT2_RANKS, ["<|endoftext|>"])  # gpt2.tiktoken's path
         >>> tok.encode("Hello world<|endoftext|>")
         [15496, 995, 50256]
     """

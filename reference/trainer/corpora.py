@@ -98,7 +98,7 @@ class MarkovSource:
 
         >>> src = MarkovSource(vocab_size=4, order=1, seed=0)
         >>> tokens = src.sample(10, seed=1)           # np.ndarray of 10 ids in [0, 4)
-        >>> round(src.entropy_rate(), 4) <= np.log(4)
+        >>> src.entropy_rate() <= float(np.log(4))   # at most log(vocab_size) nats
         True
     """
 

@@ -1,11 +1,11 @@
 """The training loop: data, model, AdamW, schedule, mixed precision, evaluation, checkpoints.
 
-Example::
+Example (a minute of training, so not a doctest)::
 
-    >>> from reference.trainer.config import load_config
-    >>> trainer = Trainer(load_config(overrides=["train.max_steps=100"]))
-    >>> result = trainer.fit()               # trains, evaluates, checkpoints, plots
-    >>> print(trainer.sample()[0])           # text from the trained model
+    from reference.trainer.config import load_config
+    trainer = Trainer(load_config(overrides=["train.max_steps=100", "train.out_dir=runs/x"]))
+    result = trainer.fit()                   # trains, evaluates, checkpoints, plots
+    print(trainer.sample()[0])               # text from the trained model
 
 Each step: set the learning rate from the cosine schedule, draw ``grad_accum`` micro-batches,
 run :func:`step.train_step` (accumulate, clip, AdamW). Every ``eval_interval`` steps the mean

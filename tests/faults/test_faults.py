@@ -50,6 +50,19 @@ def weights(run: Path) -> dict[str, bytes]:
     return {k: v.numpy().tobytes() for k, v in tensors.items()}
 
 
+def wait_for_a_write(run: Path, proc: subprocess.Popen[str], rng: random.Random) -> None:
+    """Return while ``proc`` writes a checkpoint (its temporary directory exists), or once it
+    has ended."""
+    checkpoints = run / "checkpoints"
+    time.sleep(rng.uniform(0.0, 3.0))  # not always the first checkpoint
+    while proc.poll() is None:
+        if checkpoints.is_dir() and any(e.name.startswith(".step-") for e in
+                                        os.scandir(checkpoints)):
+            time.sleep(rng.uniform(0.0, 0.003))
+            return
+        time.sleep(0.0002)
+
+
 def digest(checkpoint: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(checkpoint.iterdir()):
@@ -77,7 +90,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_bit_identical(
         kills_here = 0
         while True:
             proc = cli(*command)
-            time.sleep(rng.uniform(2.0, 6.0))  # torch's import, then training and checkpoints
+            if tried % 2:  # at a random moment: torch's import, training or a checkpoint
+                time.sleep(rng.uniform(2.0, 6.0))
+            else:  # aimed at a checkpoint write: as soon as one starts, plus up to 3 ms
+                wait_for_a_write(run, proc, rng)
             if proc.poll() is not None:  # it finished before the kill
                 assert proc.returncode == 0, proc.communicate()[1]
                 break
