@@ -1,13 +1,41 @@
+# ruff: noqa: E501 -- the rows of the contract table are one line each
 """Spec for task `trainer`: batches, the loss, AdamW, the schedule, clipping, accumulation.
 
-Oracles: ``torch.randint`` (batch starts), ``torch.nn.functional.cross_entropy``,
-``torch.optim.AdamW``, ``torch.nn.utils.clip_grad_norm_`` and plain autograd on one big batch
-(accumulation), plus hand-computed tables for the schedule. Float64 is used wherever a tight
-tolerance must separate a correct formula from a subtly wrong one.
+Float64 wherever a tight tolerance must separate a correct formula from a subtly wrong one;
+float32 where its range is the point (logits in the hundreds), against torch in float64.
+
+Contract:
+
+| clause | tests | oracle |
+|---|---|---|
+| get_batch: x is a contiguous window of `block_size` tokens, y the same window shifted by one; shape (B, T) | `test_get_batch_targets_are_inputs_shifted_by_one` | distinct tokens located by value |
+| get_batch: every start 0 .. len - block_size - 1 is reachable, no other | `test_get_batch_reaches_every_start_index_and_no_other` | the set of starts worked by hand |
+| get_batch: starts are one `torch.randint(len - T, (B,))` from `generator` (the docstring's example too) | `test_get_batch_draws_starts_with_torch_randint_from_the_generator` | `torch.randint` with the same seed; hand-worked example |
+| get_batch: a uint16/uint32 memmap gives int64 with the values unchanged; seeded, repeatable | `test_get_batch_reads_a_memmap_into_int64_on_the_device` | the file's values, `np.iinfo` extremes |
+| get_batch: both tensors on the requested device (str or `torch.device`), from NumPy or tensor data | `test_get_batch_puts_both_tensors_on_the_requested_device` | the `meta` device |
+| get_batch: tensor data (int32, int64) gives NumPy's batches; only `generator` is drawn from (global RNG untouched); a generator state saved mid-run and restored repeats the next batches | `test_get_batch_takes_a_tensor_and_draws_only_from_its_generator` | `torch.randint` + NumPy indexing; `torch.random.get_rng_state` |
+| cross_entropy: value and gradient for (V,), (N, V), (B, T, V) logits; a scalar | `test_cross_entropy_matches_torch_value_and_gradient` | `F.cross_entropy` (float64) |
+| cross_entropy: finite value and gradient at logits of 1e4 and 1e30; -inf (masked) scores beside the target | `test_cross_entropy_stays_finite_at_huge_logits` | `F.cross_entropy`; ln(4/3) by hand |
+| cross_entropy: float32 logits in the hundreds, rows far apart, unlikely targets: float32 result, finite, accurate | `test_cross_entropy_of_float32_logits_in_the_hundreds_matches_float64_torch` | `F.cross_entropy` in float64 |
+| cross_entropy: any `ignore_index` (-1, -100, a real id, one past V) is left out of sum and mean; all ignored is nan | `test_cross_entropy_leaves_out_any_ignore_index_like_torch` | `F.cross_entropy(ignore_index=...)` |
+| cross_entropy: uniform is ln V; worked values; the default ignore_index is -1 | `test_cross_entropy_hand_worked_values` | hand-worked examples |
+| the loss, the clip norm, AdamW's moments and `adamw_step` stay on their inputs' device | `test_every_returned_tensor_stays_on_its_inputs_device` | the `meta` device |
+| AdamW: 1000 steps with a decayed and an undecayed group | `test_adamw_matches_torch_adamw_over_1000_steps` | `torch.optim.AdamW` |
+| adamw_step: one step from any (m, v, step) and any lr, betas, weight decay | `test_adamw_step_matches_torch_from_any_state` | `torch.optim.AdamW` with its state set |
+| AdamW: groups with their own lr/betas/eps/decay; params without grad (frozen, unused, sometimes used) skipped, not decayed, step count not advanced; a zero grad still counts; lr changed through `param_groups` every step; `state_dict` (moments and step counts) through `torch.save`/`torch.load` mid-run into a fresh optimizer continues exactly | `test_adamw_matches_torch_across_groups_gradless_params_lr_changes_and_a_reload` | `torch.optim.AdamW` run uninterrupted, incl. its state |
+| adamw_step: the first step, bias-corrected, decoupled decay | `test_adamw_step_hand_worked_first_step` | hand-worked example |
+| cosine_lr: warm-up from step + 1, cosine from max_lr at warmup to min_lr at decay_steps, the floor after; no warm-up, no decay phase, a one-step decay | `test_cosine_lr_matches_hand_computed_table_at_boundaries` | tables computed by hand; nanoGPT's GPT-2 recipe |
+| cosine_lr: rises then falls within [min_lr, max_lr], reaches min_lr at decay_steps | `test_cosine_lr_rises_then_falls_within_its_bounds` | monotonicity and bounds |
+| clip_grad_norm: global L2 norm before clipping, grads scaled together, frozen params keep no grad, any iterable | `test_clip_grad_norm_matches_torch_including_frozen_parameters` | `torch.nn.utils.clip_grad_norm_` |
+| clip_grad_norm: (3, 4) -> 5 and (0.6, 0.8); never scales up; a 0-dim tensor; no grads or zero grads give 0, no nan | `test_clip_grad_norm_hand_worked_example_and_no_scaling_up` | hand-worked example |
+| train_step: k accumulated micro-batches equal one batch k times larger (loss, weights, norm); nan norm without clipping | `test_accumulating_k_micro_batches_equals_one_batch_k_times_larger` | one big batch with `torch.optim.SGD` |
+| train_step: every step starts from fresh gradients | `test_train_step_starts_each_step_from_fresh_gradients` | autograd loop with `torch.optim.AdamW`, `clip_grad_norm_` |
+| train_step combined: impl's AdamW with scheduled group lrs, k micro-batches, clip default/none/tight/loose, frozen/unused/sometimes-used params (unreached: grad None, not moved), a `(logits, loss)` model, a checkpoint round trip between steps | `test_train_step_with_options_combined_equals_a_plain_autograd_loop` | autograd loop with `torch.optim.AdamW`, `clip_grad_norm_`, `F.cross_entropy` |
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 from pathlib import Path
@@ -99,6 +127,51 @@ def test_get_batch_reads_a_memmap_into_int64_on_the_device(
     assert not torch.equal(other[0], x), "a different seed should give a different batch"
 
 
+def test_get_batch_puts_both_tensors_on_the_requested_device(impl: Any) -> None:
+    """The ``meta`` device checks placement without a GPU (and without reading any data)."""
+    data = np.arange(40, dtype=np.uint16)
+    for source, device in ((data, "meta"), (torch.from_numpy(data.astype(np.int32)),
+                                            torch.device("meta"))):
+        x, y = impl.get_batch(source, 5, 3, generator=_gen(0), device=device)
+        for name, t in (("x", x), ("y", y)):
+            assert t.device.type == "meta", f"{name} is on {t.device}, not the requested device"
+            assert t.dtype == torch.int64 and t.shape == (3, 5), (name, t.dtype, t.shape)
+
+
+def _expected_batch(data: Any, block_size: int, batch_size: int,
+                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The oracle: starts from one ``torch.randint`` call, windows by NumPy indexing."""
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    rows = np.asarray(data)[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)
+    return torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+
+
+def test_get_batch_takes_a_tensor_and_draws_only_from_its_generator(impl: Any) -> None:
+    """A tensor gives the batches a NumPy array does; the global RNG is left alone; and a
+    generator's state saved mid-run (as a checkpoint does) and restored repeats the batches."""
+    data = np.random.default_rng(0).integers(0, 60_000, 300).astype(np.uint16)
+    oracle = _gen(5)
+    want = [_expected_batch(data, 8, 4, oracle) for _ in range(3)]
+    torch.manual_seed(123)
+    global_rng = torch.random.get_rng_state()
+    g = _gen(5)
+    got = [impl.get_batch(data, 8, 4, generator=g)]
+    saved = g.get_state()
+    for dtype in (np.int32, np.int64):
+        g.set_state(saved)  # resume after the first step
+        tensor = torch.from_numpy(data.astype(dtype))
+        got[1:] = [impl.get_batch(tensor, 8, 4, generator=g) for _ in range(2)]
+        for i, ((x, y), (wx, wy)) in enumerate(zip(got, want, strict=True)):
+            assert x.dtype == y.dtype == torch.int64, (dtype, x.dtype, y.dtype)
+            assert torch.equal(x, wx) and torch.equal(y, wy), (
+                f"batch {i} from {dtype.__name__} data differs from torch.randint's windows "
+                "(the generator must advance by one randint of batch_size per call, no more)"
+            )
+    assert torch.equal(torch.random.get_rng_state(), global_rng), (
+        "get_batch drew from the global RNG: draw from `generator` only"
+    )
+
+
 # ----------------------------------------------------------------------------- cross-entropy
 
 
@@ -138,6 +211,69 @@ def test_cross_entropy_stays_finite_at_huge_logits(impl: Any, magnitude: float) 
     assert torch.isfinite(logits.grad).all(), "gradient is not finite at huge logits"
     ref = F.cross_entropy(logits.detach(), targets)
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-6, atol=0.0)
+    # A masked vocabulary: -inf scores (probability 0) beside the target stay harmless.
+    masked = torch.tensor([[-math.inf, 0.0, math.log(3)], [magnitude, -math.inf, 0.0]],
+                          requires_grad=True)
+    loss = impl.cross_entropy(masked, torch.tensor([2, 0]))
+    loss.backward()
+    assert masked.grad is not None and torch.isfinite(masked.grad).all(), masked.grad
+    assert math.isclose(float(loss.detach()), 0.5 * math.log(4 / 3), rel_tol=1e-6), float(loss)
+
+
+@given(
+    shape=st.sampled_from([(4, 3), (2, 3, 11), (8, 65)]),
+    scale=st.floats(50.0, 1000.0),
+    spread=st.floats(0.0, 1000.0),
+    seed=st.integers(0, 2**16),
+)
+def test_cross_entropy_of_float32_logits_in_the_hundreds_matches_float64_torch(
+    impl: Any, shape: tuple[int, ...], scale: float, spread: float, seed: int
+) -> None:
+    """exp() overflows float32 past 88 and underflows below -103: rows far apart (``spread``)
+    and targets far below their row's maximum (``scale``) must not turn into inf or nan."""
+    g = _gen(seed)
+    rows = torch.randn((*shape[:-1], 1), generator=g, dtype=torch.float64) * spread
+    logits = (torch.randn(shape, generator=g, dtype=torch.float64) * scale + rows).float()
+    logits.requires_grad_()
+    targets = torch.randint(shape[-1], shape[:-1], generator=g)
+    loss = impl.cross_entropy(logits, targets)
+    (grad,) = torch.autograd.grad(loss, logits)
+    wide = logits.detach().double().requires_grad_()
+    ref = F.cross_entropy(wide.reshape(-1, shape[-1]), targets.reshape(-1))
+    (ref_grad,) = torch.autograd.grad(ref, wide)
+    assert loss.dtype == torch.float32, f"float32 logits give a float32 loss, not {loss.dtype}"
+    assert torch.isfinite(loss) and torch.isfinite(grad).all(), (float(loss), grad)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)  # float32 arithmetic
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=0, atol=1e-6)
+
+
+@given(
+    shape=st.sampled_from([(5,), (1, 2), (3, 5), (2, 3, 7), (2, 4, 65)]),
+    ignore_index=st.sampled_from([-1, -100, 0, 1, 4, 65]),
+    ignored=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_cross_entropy_leaves_out_any_ignore_index_like_torch(
+    impl: Any, shape: tuple[int, ...], ignore_index: int, ignored: float, seed: int
+) -> None:
+    """Targets equal to ``ignore_index`` (negative, a real id such as a padding token's, or past
+    the vocabulary) count neither in the sum nor in the mean; all ignored gives nan (0 / 0)."""
+    g = _gen(seed)
+    logits = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    targets = torch.randint(shape[-1], shape[:-1], generator=g)
+    targets[torch.rand(shape[:-1], generator=g) < ignored] = ignore_index
+    loss = impl.cross_entropy(logits, targets, ignore_index=ignore_index)
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref = F.cross_entropy(ref_logits.reshape(-1, shape[-1]), targets.reshape(-1),
+                          ignore_index=ignore_index)
+    assert loss.shape == (), f"the loss must be a scalar, got shape {loss.shape}"
+    if bool((targets == ignore_index).all()):
+        assert torch.isnan(loss), f"every target ignored: the mean is 0 / 0 = nan, not {loss}"
+        return
+    (grad,) = torch.autograd.grad(loss, logits)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)  # float64: same formula
+    torch.testing.assert_close(grad, ref_logits.grad, rtol=1e-8, atol=1e-12)
 
 
 def test_cross_entropy_hand_worked_values(impl: Any) -> None:
@@ -150,6 +286,37 @@ def test_cross_entropy_hand_worked_values(impl: Any) -> None:
     logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3)]]])
     btv = impl.cross_entropy(logits, torch.tensor([[1, 1]]))
     assert math.isclose(float(btv), 0.5 * math.log(2) + 0.5 * math.log(4 / 3), rel_tol=1e-6)
+    # Target -1 (the default ignore_index) is left out: the mean of the other row alone, ln 4.
+    rows = torch.tensor([[0.0, math.log(3)], [50.0, 0.0]])
+    skip = impl.cross_entropy(rows, torch.tensor([0, -1]))
+    assert math.isclose(float(skip), math.log(4), rel_tol=1e-6), float(skip)
+    pad = impl.cross_entropy(rows, torch.tensor([0, 1]), ignore_index=1)  # id 1 pads
+    assert math.isclose(float(pad), math.log(4), rel_tol=1e-6), float(pad)
+
+
+def test_every_returned_tensor_stays_on_its_inputs_device(impl: Any) -> None:
+    """On the ``meta`` device (placement without data or a GPU): the loss, the gradient norm,
+    and the optimizer's state all live where the inputs and the parameters do."""
+    logits = torch.zeros(2, 3, 5, device="meta", requires_grad=True)
+    loss = impl.cross_entropy(logits, torch.zeros(2, 3, dtype=torch.long, device="meta"))
+    assert loss.device.type == "meta" and loss.shape == (), (loss.device, loss.shape)
+    params = [torch.zeros(shape, device="meta", requires_grad=True) for shape in [(3,), (2, 2)]]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    norm = impl.clip_grad_norm(params, 1.0)
+    assert norm.device.type == "meta" and norm.shape == (), (norm.device, norm.shape)
+    opt = impl.AdamW(params, lr=0.1)
+    opt.step()
+    opt.step()
+    for p in params:
+        assert p.device.type == "meta" and p.grad is not None and p.grad.device.type == "meta"
+        moments = {k: v for k, v in opt.state[p].items() if isinstance(v, Tensor) and v.ndim}
+        assert moments, "AdamW keeps its moments in the optimizer's state"
+        assert all(v.device.type == "meta" for v in moments.values()), {
+            k: v.device for k, v in moments.items()}
+    m, v = torch.zeros(3, device="meta"), torch.zeros(3, device="meta")
+    impl.adamw_step(params[0], torch.ones(3, device="meta"), m, v, 1, lr=0.1)
+    assert params[0].device.type == m.device.type == v.device.type == "meta"
 
 
 # ----------------------------------------------------------------------------- AdamW
@@ -218,6 +385,113 @@ def test_adamw_step_matches_torch_from_any_state(
     torch.testing.assert_close(p, ref.detach(), rtol=1e-10, atol=1e-12)
 
 
+_SHAPES = [(3,), (2, 2), (4,), (1,), (2, 3)]
+_KINDS = ["trained", "frozen", "unused", "sometimes", "zero_grad"]
+
+
+@given(
+    kinds=st.lists(st.sampled_from(_KINDS), min_size=4, max_size=4),
+    group_of=st.lists(st.integers(0, 1), min_size=4, max_size=4),
+    hyper=st.lists(
+        st.tuples(st.floats(1e-4, 0.1), st.sampled_from([0.0, 0.01, 0.1, 0.5]),
+                  st.floats(0.5, 0.99), st.floats(0.9, 0.9999), st.sampled_from([1e-8, 1e-3])),
+        min_size=2, max_size=2,
+    ),
+    lr_scale=st.lists(st.floats(0.05, 1.0), min_size=6, max_size=6),
+    n_steps=st.integers(2, 6),
+    reload=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_adamw_matches_torch_across_groups_gradless_params_lr_changes_and_a_reload(
+    impl: Any,
+    kinds: list[str],
+    group_of: list[int],
+    hyper: list[tuple[float, float, float, float, float]],
+    lr_scale: list[float],
+    n_steps: int,
+    reload: int,
+    seed: int,
+) -> None:
+    """Everything that is not the default at once, against ``torch.optim.AdamW`` doing the same:
+
+    * two param groups, each with its own lr, weight decay, betas and eps;
+    * parameters without a gradient (frozen; unused; used on some steps only) are skipped: not
+      moved, not decayed, their step count not advanced; a zero gradient is still a gradient;
+    * the learning rates change every step through ``param_groups`` (as a schedule does);
+    * mid-run, the optimizer's whole ``state_dict`` (moments and step counts) and the weights go
+      through ``torch.save``/``torch.load`` into a fresh optimizer built with wrong
+      hyperparameters; the run must continue exactly as the uninterrupted one.
+    """
+    kinds = ["trained", *kinds]  # one parameter always trains: every stub must be reached
+    group_of = [0, *group_of]
+    reload_after = 1 + reload % (n_steps - 1)
+    g = _gen(seed)
+    init = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in _SHAPES]
+    grads: list[list[Tensor | None]] = []  # the gradient each parameter has at each step
+    for _ in range(n_steps):
+        row: list[Tensor | None] = []
+        for shape, kind in zip(_SHAPES, kinds, strict=True):
+            grad = torch.randn(shape, generator=g, dtype=torch.float64)
+            used = kind in ("trained", "zero_grad") or (
+                kind == "sometimes" and bool(torch.rand((), generator=g) < 0.5))
+            row.append((torch.zeros_like(grad) if kind == "zero_grad" else grad) if used else None)
+        grads.append(row)
+
+    def fresh(values: list[Tensor]) -> list[Tensor]:
+        return [t.clone().requires_grad_(kind != "frozen") for t, kind in zip(values, kinds,
+                                                                               strict=True)]
+
+    def groups(params: list[Tensor], right: bool = True) -> list[dict[str, Any]]:
+        out = []
+        for i, (lr, wd, b1, b2, eps) in enumerate(hyper):
+            members = [p for p, j in zip(params, group_of, strict=True) if j == i]
+            if members:
+                out.append({"params": members, **({"lr": lr, "weight_decay": wd, "betas": (b1, b2),
+                                                   "eps": eps} if right else {})})
+        return out
+
+    bases = [lr for i, (lr, *_) in enumerate(hyper) if i in group_of]
+
+    def run(make: Any, reload_after: int | None) -> tuple[list[Tensor], Any]:
+        params = fresh(init)
+        opt = make(groups(params))
+        for step in range(n_steps):
+            if step == reload_after:
+                buffer = io.BytesIO()
+                torch.save({"params": [p.detach() for p in params],
+                            "optimizer": opt.state_dict()}, buffer)
+                buffer.seek(0)
+                saved = torch.load(buffer, weights_only=True)
+                params = fresh(saved["params"])
+                opt = make(groups(params, right=False), lr=1.0, betas=(0.1, 0.2), eps=1.0,
+                           weight_decay=0.9)  # all wrong: load_state_dict restores them
+                opt.load_state_dict(saved["optimizer"])
+            for group, base in zip(opt.param_groups, bases, strict=True):
+                group["lr"] = base * lr_scale[step]  # the schedule, through the param groups
+            for p, grad in zip(params, grads[step], strict=True):
+                p.grad = None if grad is None else grad.clone()
+            opt.step()
+        return params, opt
+
+    params, opt = run(impl.AdamW, reload_after)
+    ref_params, ref_opt = run(lambda gs, **kw: torch.optim.AdamW(gs, foreach=False, **kw), None)
+    for i, (p, ref, kind) in enumerate(zip(params, ref_params, kinds, strict=True)):
+        torch.testing.assert_close(p.detach(), ref.detach(), rtol=1e-10, atol=1e-12,
+                                   msg=f"parameter {i} ({kind}) differs from torch.optim.AdamW "
+                                   f"(reloaded after step {reload_after})")
+        if all(row[i] is None for row in grads):
+            assert torch.equal(p.detach(), init[i]), (
+                f"parameter {i} ({kind}) never had a gradient: it must not move nor decay")
+        state, ref_state = opt.state.get(p, {}), ref_opt.state.get(ref, {})
+        assert bool(state) == bool(ref_state), f"parameter {i} ({kind}): state {set(state)}"
+        if ref_state:
+            assert float(state["step"]) == float(ref_state["step"]), (
+                f"parameter {i} ({kind}): step count {state['step']}, torch's "
+                f"{ref_state['step']}")
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(state[key], ref_state[key], rtol=1e-10, atol=1e-15)
+
+
 def test_adamw_step_hand_worked_first_step(impl: Any) -> None:
     p = torch.tensor([1.0, -2.0], dtype=torch.float64)
     g = torch.tensor([0.5, -0.25], dtype=torch.float64)
@@ -262,8 +536,10 @@ GPT2_TABLE = [
          [(0, 1.0), (1, 0.5), (2, 0.0), (3, 0.0)]),
         ({"max_lr": 1.0, "min_lr": 0.5, "warmup_steps": 3, "decay_steps": 3},
          [(0, 1 / 3), (2, 1.0), (3, 1.0), (4, 0.5)]),
+        ({"max_lr": 1.0, "min_lr": 0.2, "warmup_steps": 2, "decay_steps": 3},
+         [(0, 0.5), (1, 1.0), (2, 1.0), (3, 0.2), (4, 0.2)]),
     ],
-    ids=["small", "gpt2", "no-warmup", "no-decay-phase"],
+    ids=["small", "gpt2", "no-warmup", "no-decay-phase", "one-step-decay"],
 )
 def test_cosine_lr_matches_hand_computed_table_at_boundaries(
     impl: Any, hyper: dict[str, Any], table: list[tuple[int, float]]
@@ -293,6 +569,9 @@ def test_cosine_lr_rises_then_falls_within_its_bounds(
     assert all(a <= b + tol for a, b in itertools.pairwise(lrs[: warmup + 1])), "warm-up falls"
     assert all(a >= b - tol for a, b in itertools.pairwise(lrs[warmup:])), "decay rises"
     assert math.isclose(lrs[warmup], max_lr, rel_tol=1e-9), "the cosine must start at max_lr"
+    if decay_extra:
+        assert math.isclose(lrs[warmup + decay_extra], min_lr, rel_tol=1e-9, abs_tol=tol), (
+            "the cosine must reach min_lr at step == decay_steps")
     assert math.isclose(lrs[-1], min_lr, rel_tol=1e-9, abs_tol=tol), "must end at min_lr"
 
 
@@ -345,6 +624,7 @@ def test_clip_grad_norm_hand_worked_example_and_no_scaling_up(impl: Any) -> None
     a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
     a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])
     norm = impl.clip_grad_norm([a, b], 1.0)
+    assert isinstance(norm, Tensor) and norm.shape == (), "the norm is a 0-dim tensor"
     assert math.isclose(float(norm), 5.0, rel_tol=1e-6), "the global norm of (3, 4) is 5"
     torch.testing.assert_close(a.grad, torch.tensor([0.6]), rtol=1e-5, atol=0)
     torch.testing.assert_close(b.grad, torch.tensor([0.8]), rtol=1e-5, atol=0)
@@ -353,6 +633,13 @@ def test_clip_grad_norm_hand_worked_example_and_no_scaling_up(impl: Any) -> None
     norm = impl.clip_grad_norm([small], 1.0)
     assert math.isclose(float(norm), 0.05, rel_tol=1e-6)
     assert torch.equal(small.grad, torch.tensor([0.03, 0.04])), "grads under the limit must stay"
+    # Nothing to clip: no gradient at all (a frozen model), or gradients that are all zero.
+    none = impl.clip_grad_norm([torch.zeros(3), torch.zeros(2, requires_grad=True)], 1.0)
+    assert isinstance(none, Tensor) and none.shape == () and float(none) == 0.0, none
+    zero = torch.zeros(2, requires_grad=True)
+    zero.grad = torch.zeros(2)
+    assert float(impl.clip_grad_norm([zero], 1e-3)) == 0.0
+    assert torch.equal(zero.grad, torch.zeros(2)), "zero gradients stay zero (no 0/0 = nan)"
 
 
 # ----------------------------------------------------------------------------- train step
@@ -412,6 +699,9 @@ def test_accumulating_k_micro_batches_equals_one_batch_k_times_larger(
     if grad_clip is not None:
         assert math.isclose(stats.grad_norm, big_stats.grad_norm, rel_tol=1e-9), (
             stats.grad_norm, big_stats.grad_norm)
+    else:
+        assert isinstance(stats.grad_norm, float) and math.isnan(stats.grad_norm), (
+            f"without clipping the norm is not computed: nan, not {stats.grad_norm!r}")
 
 
 def test_train_step_starts_each_step_from_fresh_gradients(impl: Any) -> None:
@@ -433,3 +723,114 @@ def test_train_step_starts_each_step_from_fresh_gradients(impl: Any) -> None:
         )
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-9, atol=1e-12)
+
+
+class _GatedLM(nn.Module):
+    """``_TinyLM`` plus what real models have: a bias, a frozen parameter, one the loss never
+    reaches, one it reaches only on some steps (a gate), and GPT's ``(logits, loss)`` output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = _gen(8)
+        self.wte = nn.Parameter(torch.randn(11, 8, generator=g, dtype=torch.float64))
+        self.wpe = nn.Parameter(torch.randn(6, 8, generator=g, dtype=torch.float64),
+                                requires_grad=False)  # frozen
+        self.head = nn.Parameter(torch.randn(8, 11, generator=g, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.randn(11, generator=g, dtype=torch.float64) * 0.1)
+        self.gate = nn.Parameter(torch.randn(8, 11, generator=g, dtype=torch.float64) * 0.1)
+        self.unused = nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64))
+        self.use_gate = True
+
+    def forward(self, idx: Tensor) -> tuple[Tensor, None]:
+        h = torch.tanh(self.wte[idx] + self.wpe[: idx.shape[1]])  # (B, T, C)
+        logits = h @ self.head + self.bias  # (B, T, V)
+        if self.use_gate:
+            logits = logits + h @ self.gate
+        return logits, None
+
+    def groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Matrices decayed (with the frozen and the unused one, which must still not decay)."""
+        return [{"params": [self.head, self.gate, self.wpe, self.unused],
+                 "weight_decay": weight_decay},
+                {"params": [self.wte, self.bias], "weight_decay": 0.0}]
+
+
+def _reloaded(model: _GatedLM, opt: Any, make: Any) -> tuple[_GatedLM, Any]:
+    """A checkpoint's round trip: weights and optimizer state through torch.save/torch.load."""
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    fresh = _GatedLM()
+    fresh.load_state_dict(saved["model"])
+    new_opt = make(fresh.groups(0.9), lr=1.0)  # wrong hyperparameters: the state restores them
+    new_opt.load_state_dict(saved["optimizer"])
+    return fresh, new_opt
+
+
+@given(
+    k=st.integers(1, 3),
+    grad_clip=st.sampled_from(["default", None, 0.05, 1e3]),
+    weight_decay=st.sampled_from([0.0, 0.1, 0.5]),
+    lrs=st.lists(st.floats(1e-3, 5e-2), min_size=3, max_size=3),
+    gate_on=st.lists(st.booleans(), min_size=2, max_size=2),
+    reload_after=st.integers(0, 2),
+    seed=st.integers(0, 2**10),
+)
+def test_train_step_with_options_combined_equals_a_plain_autograd_loop(
+    impl: Any,
+    k: int,
+    grad_clip: str | float | None,
+    weight_decay: float,
+    lrs: list[float],
+    gate_on: list[bool],
+    reload_after: int,
+    seed: int,
+) -> None:
+    """Three steps of ``impl.train_step`` with ``impl.AdamW`` (two groups whose learning rates a
+    schedule sets every step), k micro-batches, clipping (the default 1.0, none, tight, loose),
+    a model with frozen, unused and sometimes-used parameters that returns a tuple, and a
+    checkpoint round trip between steps (none at 0), against the loop written out with torch's
+    AdamW, ``clip_grad_norm_`` and ``F.cross_entropy``."""
+    gate_on = [True, *gate_on]  # the gate trains first: a later step without it must skip it
+    kwargs = {} if grad_clip == "default" else {"grad_clip": grad_clip}
+    clip = 1.0 if grad_clip == "default" else grad_clip
+    assert clip is None or isinstance(clip, float)
+    model, ref = _GatedLM(), _GatedLM()
+    opt = impl.AdamW(model.groups(weight_decay), lr=lrs[0], betas=(0.9, 0.95))
+    ref_opt = torch.optim.AdamW(ref.groups(weight_decay), lr=lrs[0], betas=(0.9, 0.95),
+                                foreach=False)
+    for step in range(3):
+        if step == reload_after and step > 0:
+            model, opt = _reloaded(model, opt, impl.AdamW)
+        micro = _batches(k, 2, seed=seed + step)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            m.use_gate = gate_on[step]
+            o.param_groups[0]["lr"], o.param_groups[1]["lr"] = lrs[step], lrs[step] / 2
+        stats = impl.train_step(model, opt, micro, **kwargs)
+
+        ref_opt.zero_grad(set_to_none=True)
+        losses = torch.stack([F.cross_entropy(ref(x)[0].reshape(-1, 11), y.reshape(-1))
+                              for x, y in micro])
+        losses.mean().backward()
+        ref_norm = float("nan") if clip is None else float(
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), clip))
+        ref_opt.step()
+
+        assert math.isclose(stats.loss, float(losses.detach().mean()), rel_tol=1e-9), (
+            step, stats.loss, float(losses.detach().mean()))
+        if clip is None:
+            assert math.isnan(stats.grad_norm), f"not clipping: nan, not {stats.grad_norm!r}"
+        else:
+            assert math.isclose(stats.grad_norm, ref_norm, rel_tol=1e-9), (
+                step, stats.grad_norm, ref_norm)
+        assert model.wpe.grad is None and model.unused.grad is None
+        assert (model.gate.grad is None) == (not gate_on[step]), (
+            f"step {step}: a parameter the loss did not reach must end the step without a "
+            f"gradient (None, not zeros), got {model.gate.grad}")
+        for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-9, atol=1e-12,
+                                       msg=f"step {step}: {name} differs from the plain loop")
+    fresh = _GatedLM()
+    assert torch.equal(model.wpe, fresh.wpe), "the frozen parameter moved"
+    assert torch.equal(model.unused, fresh.unused), "the unused parameter moved or decayed"

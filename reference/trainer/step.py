@@ -43,9 +43,20 @@ class NonFiniteLoss(FloatingPointError):
         self.loss = loss
 
 
-def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of ``logits`` (..., V) against ``targets`` (...): torch's fused kernel."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -1) -> Tensor:
+    """Mean cross-entropy of ``logits`` (..., V) against ``targets`` (...): torch's fused kernel.
+
+    Positions whose target is ``ignore_index`` count neither in the sum nor in the mean (``nan``
+    when all are ignored), as in the model's own loss.
+
+    Example::
+
+        >>> cross_entropy(torch.tensor([[0.0, 0.0], [9.0, 0.0]]), torch.tensor([1, -1]))
+        tensor(0.6931)
+    """
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index
+    )
 
 
 def _logits(output: Tensor | tuple[Tensor, ...]) -> Tensor:
