@@ -123,6 +123,16 @@ def attention_weights(
 
     ``mask`` bool, broadcastable to (..., Tq, Tk), True = may attend; ``is_causal`` top-left
     aligned, combined with ``mask`` by logical and; a row with no visible key is all zeros.
+
+    Example (d = 4, so the scale is 1/2; causal, so query 0 sees key 0 only)::
+
+        >>> q, k = torch.ones(2, 4), torch.tensor([[1.0, 1, 1, 1], [0, 0, 0, 0]])
+        >>> attention_weights(q, k, is_causal=True)  # row 1: softmax([2, 0])
+        tensor([[1.0000, 0.0000],
+                [0.8808, 0.1192]])
+        >>> attention_weights(q, k, mask=torch.tensor([False, False]))  # sees no key: zeros
+        tensor([[0., 0.],
+                [0., 0.]])
     """
     check_attention_inputs(q, k, mask)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (..., Tq, Tk)
@@ -162,11 +172,20 @@ def scaled_dot_product_attention(
 
     q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) -> (..., Tq, dv); ``mask`` bool,
     broadcastable to (..., Tq, Tk), True = may attend; a query with no visible key outputs 0.
+
+    Example: with ``v = I`` the output is the weights (see :func:`attention_weights`)::
+
+        >>> q, k = torch.ones(2, 4), torch.tensor([[1.0, 1, 1, 1], [0, 0, 0, 0]])
+        >>> scaled_dot_product_attention(q, k, torch.eye(2), is_causal=True)
+        tensor([[1.0000, 0.0000],
+                [0.8808, 0.1192]])
     """
     check_attention_inputs(q, k, mask, v)
     if mask is None:
         # The fast path: no (Tq, Tk) tensor at all; every row sees key 0 at least.
         return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    if mask.dim() < 2:  # torch's kernels want (..., Tq, Tk): (Tk,) is one row for every query
+        mask = mask[(None,) * (2 - mask.dim())]
     if is_causal:  # torch takes a mask or is_causal, not both: fold the causal part in
         mask = mask & causal_mask(q.size(-2), k.size(-2), q.device)
     # Rows that see no key: let them see every key (no NaN forward or backward in any

@@ -1,24 +1,37 @@
+# ruff: noqa: E501 -- the rows of the contract table are one line each
 """Spec: neural-network fundamentals in NumPy, with hand-written backward passes.
 
 Covers ``linear``, ``relu``, ``gelu`` (tanh approximation), ``tanh``, ``softmax_cross_entropy``,
 the MLP (``mlp_forward`` / ``mlp_backward`` on a dict of named params), ``sgd_momentum_step``, the
 scalar autograd engine ``Value``, and ``TorchMLP`` (the same MLP in PyTorch).
 
-Oracles, none of them written by the code under test:
+Contract:
 
-* central finite differences in float64, computed here: relative error < 1e-6 (``|a - n| /
-  max(|a| + |n|, 1)``: relative for gradients of norm >= 1, absolute below);
-* PyTorch on the same weights in float64: ``torch.nn.functional`` forwards, ``torch.autograd``
-  gradients, ``torch.optim.SGD`` updates;
-* one hand-worked example per exercise, with exact (or stated-digit) numbers.
+| clause | tests | oracle |
+|---|---|---|
+| linear: y = x W^T + b, dx, dW (out, in), db summed over the batch | `test_linear_hand_worked_example`, `test_linear_gradients_match_finite_differences`, `test_linear_matches_torch_linear_and_autograd` | hand-worked; central differences; `F.linear` + `torch.autograd` |
+| relu (slope 0 at 0), tanh-GELU, tanh, forward and backward, inputs up to ±1e4 | `test_activation_hand_worked_example`, `test_activation_gradient_matches_finite_differences`, `test_activation_matches_torch_functional_and_autograd` | hand-worked; central differences; `F.relu`, `F.gelu(approximate="tanh")`, `torch.tanh` |
+| each backward reads the cache its docstring names (x; tanh: y; linear: (x, W)) | `test_backward_passes_read_the_documented_caches` | `torch.autograd` |
+| cross-entropy: mean loss (a float), dlogits = (softmax - onehot) / N | `test_softmax_cross_entropy_hand_worked_example`, `test_softmax_cross_entropy_matches_torch_cross_entropy`, `test_softmax_cross_entropy_gradient_matches_finite_differences` | hand-worked; `F.cross_entropy`; central differences |
+| cross-entropy finite and exact at logits of ±1e4, float32 or float64, any integer targets | `test_softmax_cross_entropy_is_finite_at_logits_of_1e4`, `test_softmax_cross_entropy_matches_torch_cross_entropy` | hand-worked (logsumexp = 1e4 + ln 2); `F.cross_entropy` |
+| MLP forward/backward: no activation on the logits, each layer its own cache, grads named as params | `test_mlp_hand_worked_example`, `test_mlp_gradients_match_finite_differences`, `test_mlp_with_cross_entropy_matches_torch_autograd` | hand-worked; central differences; the MLP in `torch.nn.functional` |
+| TorchMLP: names fc1.weight..., shapes, activations, the NumPy MLP's logits and gradients | `test_torch_mlp_hand_worked_example`, `test_torch_mlp_hand_worked_activation`, `test_torch_mlp_names_and_shapes`, `test_numpy_and_torch_mlps_agree_on_logits_loss_and_gradients` | hand-worked; the NumPy MLP, itself checked against torch |
+| TorchMLP on its inputs' device and dtype | `test_torch_mlp_runs_on_its_inputs_device_and_dtype` | the meta device |
+| SGD: torch's rule (lr outside the velocity, weight decay before momentum) | `test_sgd_momentum_hand_worked_example`, `test_sgd_weight_decay_hand_worked_example` | hand-worked |
+| SGD over steps: lr and momentum schedules (momentum 0 included), velocity = momentum_buffer, state saved and loaded mid-run, grads left alone and not aliased | `test_sgd_momentum_matches_torch_optim_sgd` | `torch.optim.SGD` with its param_groups changed |
+| Value: each operation's value and gradient, saturated tanh | `test_value_hand_worked_example`, `test_value_operation_hand_worked_gradients`, `test_value_gradients_match_torch_autograd_on_random_expressions` | hand-worked; `torch.autograd` on the same expressions |
+| Value: a reused node accumulates through every operation; unused nodes get no gradient | `test_value_used_twice_accumulates_its_gradient`, `test_value_every_operation_accumulates_into_a_reused_input`, `test_value_leaves_the_output_does_not_use_keep_a_zero_gradient` | hand-worked |
+| Value: backward in topological order | `test_value_backward_runs_in_topological_order`, `test_value_gradients_match_torch_autograd_on_random_expressions` | hand-worked (a diamond); `torch.autograd` |
+| everything together learns a non-linear dataset | `test_mlp_learns_spirals_to_95_percent_within_300_steps` | accuracy on fresh points |
 
-Shapes and values are drawn by hypothesis (small, bounded, NaN-free). Part 1 holds the
-hand-worked examples, Part 2 the oracle comparisons over drawn inputs, and the last test trains
-the MLP on spirals. (The order is deliberate: the cheap exact examples fail first.)
+Tolerances: float64 against PyTorch 1e-10 relative (the same formulas in another order);
+central differences in float64 (step 1e-5) to a relative error of 1e-6. Part 1 holds the
+hand-worked examples (cheap, they fail first), Part 2 the oracle comparisons over drawn inputs.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from typing import Any
@@ -205,7 +218,8 @@ def test_linear_hand_worked_example(impl: Any) -> None:
 # c = sqrt(2/pi), k = 0.044715, to 15 significant digits (the exact-erf GELU is 0.841344746068543
 # at 1, so it fails here).
 HAND_WORKED_ACTIVATIONS = {
-    "relu": ([-2.0, 0.0, 3.0], [0.0, 0.0, 3.0], [5.0, 5.0, 5.0], [0.0, 0.0, 5.0]),
+    "relu": ([-2.0, 0.0, 0.5, 3.0], [0.0, 0.0, 0.5, 3.0], [5.0, 5.0, 5.0, 5.0],
+             [0.0, 0.0, 5.0, 5.0]),
     "gelu": ([0.0, 1.0, -1.0], [0.0, 0.841191990608277, -0.158808009391723],
              [2.0, 1.0, 1.0], [1.0, 1.08296408384578, -0.0829640838457826]),
     "tanh": ([0.0, math.atanh(0.5), -math.atanh(0.5)], [0.0, 0.5, -0.5],
@@ -224,6 +238,26 @@ def test_activation_hand_worked_example(impl: Any, name: str) -> None:
                                err_msg=f"{name} backward at {x} with dy={dy}")
 
 
+def test_backward_passes_read_the_documented_caches(impl: Any) -> None:
+    """The docstrings fix each cache: relu and gelu keep x, tanh keeps its OUTPUT y, linear keeps
+    (x, W). A backward handed that cache directly gives torch.autograd's gradient."""
+    x = np.array([-1.5, -0.2, 0.3, 2.0])
+    dy = np.array([1.0, -2.0, 0.5, 3.0])
+    for name, cache in (("relu", x), ("gelu", x), ("tanh", np.tanh(x))):
+        xt = t64(x, grad=True)
+        TORCH_ACTIVATIONS[name](xt).backward(t64(dy))
+        assert_matches_torch(f"{name}_backward(dy, cache={'y' if name == 'tanh' else 'x'})",
+                             getattr(impl, f"{name}_backward")(dy, cache), xt.grad)
+    x2, W = np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([[2.0, 1.0], [-1.0, 0.5], [0.0, 4.0]])
+    dy2 = np.array([[1.0, 0.0, -1.0], [2.0, 1.0, 0.5]])
+    xt, Wt = t64(x2, grad=True), t64(W, grad=True)
+    F.linear(xt, Wt).backward(t64(dy2))
+    dx, dW, db = impl.linear_backward(dy2, (x2, W))
+    assert_matches_torch("linear_backward(dy, (x, W)): dx", dx, xt.grad)
+    assert_matches_torch("linear_backward(dy, (x, W)): dW", dW, Wt.grad)
+    np.testing.assert_array_equal(db, dy2.sum(axis=0), err_msg="db")
+
+
 def test_softmax_cross_entropy_hand_worked_example(impl: Any) -> None:
     """Row 1: p = (1/2, 1/2), target 0; row 2: logits (ln 3, 0) so p = (3/4, 1/4), target 1.
     loss = (ln 2 + ln 4) / 2; dlogits = ((1/2 - 1, 1/2), (3/4, 1/4 - 1)) / 2."""
@@ -237,15 +271,21 @@ def test_softmax_cross_entropy_hand_worked_example(impl: Any) -> None:
                                err_msg="dlogits = (softmax - onehot(target of each row)) / N")
 
 
-def test_softmax_cross_entropy_is_finite_at_logits_of_1e4(impl: Any) -> None:
-    """exp(1e4) overflows float64; subtracting the row max first keeps everything exact here."""
-    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]])
+@pytest.mark.parametrize(("dtype", "target_dtype"), [(np.float64, np.int64),
+                                                    (np.float32, np.int32), (np.float32, np.uint8)])
+def test_softmax_cross_entropy_is_finite_at_logits_of_1e4(
+    impl: Any, dtype: type, target_dtype: type
+) -> None:
+    """exp(1e4) overflows float32 and float64; subtracting the row max first keeps everything
+    exact here. float32 logits and any integer dtype of targets are accepted."""
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], dtype=dtype)
     # Overflow, inf - inf, log(0) inside are errors here, not warnings; exp(-2e4) -> 0 is fine.
     with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
-        loss, dlogits = impl.softmax_cross_entropy(logits, np.array([0, 0]))
+        loss, dlogits = impl.softmax_cross_entropy(logits, np.array([0, 0], dtype=target_dtype))
     # Row 1: the target has all the mass, loss 0. Row 2: logsumexp = 1e4 + ln 2, target -1e4.
-    assert math.isfinite(loss), f"loss is {loss} at logits of ±1e4"
-    assert loss == pytest.approx((0.0 + 2e4 + math.log(2.0)) / 2, rel=1e-14)
+    assert math.isfinite(loss), f"loss is {loss} at {dtype.__name__} logits of ±1e4"
+    rel = 1e-14 if dtype == np.float64 else 1e-6  # a float32 result may keep float32's digits
+    assert loss == pytest.approx((0.0 + 2e4 + math.log(2.0)) / 2, rel=rel)
     assert np.isfinite(dlogits).all(), f"dlogits not finite at logits of ±1e4:\n{dlogits}"
     np.testing.assert_allclose(dlogits, [[0.0, 0.0, 0.0], [-0.5, 0.25, 0.25]], atol=1e-15)
 
@@ -307,6 +347,16 @@ def test_torch_mlp_names_and_shapes(impl: Any) -> None:
     assert model(torch.zeros(5, 2)).shape == (5, 3)
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_torch_mlp_runs_on_its_inputs_device_and_dtype(impl: Any, activation: str) -> None:
+    """Moved to the meta device (placement without a GPU) and float64, its logits are there too:
+    nothing in the forward is made on the CPU or in float32."""
+    model = impl.TorchMLP([3, 4, 5, 2], activation).to(device="meta", dtype=torch.float64)
+    logits = model(torch.randn(6, 3, device="meta", dtype=torch.float64))
+    assert logits.device.type == "meta", f"TorchMLP({activation}) logits on {logits.device}"
+    assert logits.dtype == torch.float64 and logits.shape == (6, 2), (logits.dtype, logits.shape)
+
+
 def test_sgd_momentum_hand_worked_example(impl: Any) -> None:
     """w = 1, constant gradient 0.5, momentum 0.9, lr 0.1 then 0.2 (lr scales v, not folded in):
     v = 0.5, w = 0.95; v = 0.9 * 0.5 + 0.5 = 0.95, w = 0.95 - 0.2 * 0.95 = 0.76."""
@@ -361,6 +411,42 @@ def test_value_backward_runs_in_topological_order(impl: Any) -> None:
     assert x.grad == 135.0, f"dc/dx = 135, got {x.grad} (a node's backward ran too early?)"
 
 
+# op: (op, x, op'(x)) worked by hand; the test below uses op twice on the same input.
+REUSED_OPS: dict[str, tuple[Callable[[Any], Any], float, float]] = {
+    "tanh": (lambda x: x.tanh(), math.atanh(0.5), 0.75),
+    "relu": (lambda x: x.relu(), 0.5, 1.0),
+    "exp": (lambda x: x.exp(), 0.0, 1.0),
+    "log": (lambda x: x.log(), 2.0, 0.5),
+    "pow3": (lambda x: x**3, 2.0, 12.0),
+    "pow_negative": (lambda x: x**-1, 4.0, -0.0625),
+    "mul_by_constant": (lambda x: x * 3.0, 1.5, 3.0),
+    "add_constant": (lambda x: x + 3.0, 1.5, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", REUSED_OPS)
+def test_value_every_operation_accumulates_into_a_reused_input(impl: Any, name: str) -> None:
+    """f = op(x) + 2 op(x) + x: x feeds three nodes, so df/dx = 3 op'(x) + 1. Each op's backward
+    must add (+=) to x.grad; one that assigns (=) keeps only whichever use ran last."""
+    op, x0, slope = REUSED_OPS[name]
+    x = impl.Value(x0)
+    f = op(x) + 2.0 * op(x) + x
+    f.backward()
+    assert x.grad == pytest.approx(3 * slope + 1, rel=1e-12), (
+        f"{name}: d(op(x) + 2 op(x) + x)/dx = {3 * slope + 1}, got {x.grad} (= instead of +=?)"
+    )
+
+
+def test_value_leaves_the_output_does_not_use_keep_a_zero_gradient(impl: Any) -> None:
+    """Only what the output depends on gets a gradient (torch: grad None); a branch computed
+    from a leaf but not used by the output sends nothing back."""
+    a, b = impl.Value(2.0), impl.Value(5.0)
+    unused = (a * b).exp()  # computed, never reaches f
+    f = a * 3.0
+    f.backward()
+    assert (a.grad, b.grad, unused.grad) == (3.0, 0.0, 0.0), "(df/da, df/db, df/dunused)"
+
+
 # name: (f of the inputs, inputs, f's value, gradients), all worked by hand. The "chain" cases put
 # the operation inside another (3 * op), so a backward that forgets the factor out.grad is caught.
 HAND_WORKED_OPS: dict[str, tuple[Callable[..., Any], tuple[float, ...], float,
@@ -380,6 +466,9 @@ HAND_WORKED_OPS: dict[str, tuple[Callable[..., Any], tuple[float, ...], float,
     "relu_positive": (lambda x: x.relu(), (2.0,), 2.0, (1.0,)),
     "relu_negative": (lambda x: x.relu(), (-1.0,), 0.0, (0.0,)),
     "relu_at_zero": (lambda x: x.relu(), (0.0,), 0.0, (0.0,)),  # PyTorch's convention
+    "relu_below_one": (lambda x: x.relu(), (0.5,), 0.5, (1.0,)),
+    "tanh_saturated": (lambda x: x.tanh(), (800.0,), 1.0, (0.0,)),  # exp(1600) would overflow
+    "tanh_saturated_negative": (lambda x: x.tanh(), (-800.0,), -1.0, (0.0,)),
     "exp": (lambda x: x.exp(), (0.0,), 1.0, (1.0,)),
     "log": (lambda x: x.log(), (2.0,), math.log(2.0), (0.5,)),
     "chain_pow": (lambda x: 3.0 * x**2, (2.0,), 12.0, (12.0,)),
@@ -451,9 +540,12 @@ def test_activation_gradient_matches_finite_differences(impl: Any, name: str,
 @given(data=st.data())
 def test_activation_matches_torch_functional_and_autograd(impl: Any, name: str,
                                                           data: st.DataObject) -> None:
-    """ReLU, GELU(approximate="tanh") and tanh against PyTorch, including ReLU's 0 at 0."""
+    """ReLU, GELU(approximate="tanh") and tanh against PyTorch, including ReLU's 0 at 0, and
+    at inputs up to ±1e4 where a tanh written with exp overflows."""
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=3))
-    x, dy = data.draw(arrays(shape, -4.0, 4.0)), data.draw(arrays(shape))
+    extremes = st.sampled_from([-1e4, -800.0, -50.0, 50.0, 800.0, 1e4])  # exp(2x) overflows
+    x = data.draw(arrays(shape, elements=floats(-4.0, 4.0) | extremes))
+    dy = data.draw(arrays(shape))
     y, cache = getattr(impl, f"{name}_forward")(x.copy())
     dx = getattr(impl, f"{name}_backward")(dy.copy(), cache)
     xt = t64(x, grad=True)
@@ -554,38 +646,78 @@ def test_numpy_and_torch_mlps_agree_on_logits_loss_and_gradients(
 
 @st.composite
 def sgd_cases(draw: st.DrawFn) -> tuple[Any, ...]:
+    """params, grads per step, and a schedule: lr and momentum per step (momentum constant, or
+    changing, 0 included), weight decay, and the step after which the state is saved and loaded."""
     shapes = draw(st.lists(hnp.array_shapes(min_dims=1, max_dims=2, max_side=3),
                            min_size=1, max_size=3))
-    steps = draw(st.integers(1, 5))
-    lrs = draw(st.lists(floats(0.0, 1.0), min_size=steps, max_size=steps))  # a schedule
-    momentum = draw(st.sampled_from([0.0, 0.5, 0.9]) | floats(0.0, 0.99))
+    steps = draw(st.integers(1, 6))
+    lrs = draw(st.lists(floats(0.0, 1.0), min_size=steps, max_size=steps))
+    momentum = st.sampled_from([0.0, 0.5, 0.9]) | floats(0.0, 0.99)
+    if draw(st.booleans(), label="constant momentum"):
+        momenta = [draw(momentum)] * steps
+    else:
+        momenta = draw(st.lists(momentum, min_size=steps, max_size=steps))
     weight_decay = draw(st.sampled_from([0.0, 0.1]) | floats(0.0, 0.5))
+    save_at = draw(st.integers(1, steps))  # after this step (the last: no continuation)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     params = {f"p{i}": rng.standard_normal(s) for i, s in enumerate(shapes)}
     grads = [{k: rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(steps)]
-    return params, grads, lrs, momentum, weight_decay
+    return params, grads, lrs, momenta, weight_decay, save_at
+
+
+def save_and_load(arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Round-trip dicts of arrays through an .npz file, as a checkpoint of a NumPy run would."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"{group}.{k}": v for group, d in arrays.items() for k, v in d.items()})
+    buffer.seek(0)
+    with np.load(buffer) as loaded:
+        out: dict[str, dict[str, np.ndarray]] = {group: {} for group in arrays}
+        for key in loaded.files:
+            group, _, k = key.partition(".")
+            out[group][k] = loaded[key].copy()
+    return out
 
 
 @given(case=sgd_cases())
 def test_sgd_momentum_matches_torch_optim_sgd(impl: Any, case: tuple[Any, ...]) -> None:
-    """Several steps, with lr changing between steps, against torch.optim.SGD."""
-    params, grads_per_step, lrs, momentum, weight_decay = case
+    """Several steps against torch.optim.SGD, whose lr and momentum a schedule changes between
+    steps through its param_groups. After every step the params match, and so does the state:
+    ``velocity[k]`` is torch's ``momentum_buffer`` (absent where torch keeps none, momentum 0).
+    The state is saved to a file and loaded mid-run, and the caller reuses its grad arrays
+    (left unchanged by the step, then overwritten): the run goes on as torch's uninterrupted."""
+    params, grads_per_step, lrs, momenta, weight_decay, save_at = case
     leaves = {k: t64(v, grad=True) for k, v in params.items()}
-    opt = torch.optim.SGD(list(leaves.values()), lr=lrs[0], momentum=momentum,
+    opt = torch.optim.SGD(list(leaves.values()), lr=lrs[0], momentum=momenta[0],
                           weight_decay=weight_decay)
     ours = {k: v.copy() for k, v in params.items()}
     velocity: dict[str, np.ndarray] = {}
-    for step, (grads, lr) in enumerate(zip(grads_per_step, lrs, strict=True), start=1):
-        impl.sgd_momentum_step(ours, {k: g.copy() for k, g in grads.items()}, velocity, lr=lr,
-                               momentum=momentum, weight_decay=weight_decay)
+    for step, (grads, lr, momentum) in enumerate(zip(grads_per_step, lrs, momenta, strict=True),
+                                                 start=1):
+        given = {k: g.copy() for k, g in grads.items()}
+        impl.sgd_momentum_step(ours, given, velocity, lr=lr, momentum=momentum,
+                               weight_decay=weight_decay)
         for k, leaf in leaves.items():
             leaf.grad = t64(grads[k])
-        opt.param_groups[0]["lr"] = lr
+        opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"] = lr, momentum
         opt.step()
+        what = (f"after step {step} (lr={lr:.3g}, momentum={momentum:.3g}, "
+                f"weight_decay={weight_decay:.3g}, schedule {momenta})")
         for k, leaf in leaves.items():
-            assert_matches_torch(f"params[{k!r}] after step {step} (lr={lr:.3g}, "
-                                 f"momentum={momentum:.3g}, weight_decay={weight_decay:.3g})",
-                                 ours[k], leaf)
+            np.testing.assert_array_equal(given[k], grads[k],
+                                          err_msg=f"the step changed the caller's grads[{k!r}]")
+            given[k].fill(np.nan)  # the caller reuses its buffers: nothing may still point here
+            assert_matches_torch(f"params[{k!r}] {what}", ours[k], leaf)
+            buffer = opt.state[leaf].get("momentum_buffer")
+            if buffer is None:
+                assert k not in velocity, f"velocity[{k!r}] {what}: torch keeps no momentum " \
+                    "buffer yet (momentum 0 so far), so there is no velocity"
+            else:
+                assert k in velocity, f"velocity[{k!r}] missing {what}"
+                assert_matches_torch(f"velocity[{k!r}] (torch's momentum_buffer) {what}",
+                                     velocity[k], buffer)
+        if step == save_at:
+            state = save_and_load({"params": ours, "velocity": velocity})
+            ours, velocity = state["params"], state["velocity"]
 
 
 # Expressions written once, run on Value and on 0-d torch tensors (same operator and method

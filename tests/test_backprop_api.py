@@ -1,8 +1,8 @@
 """The backprop component's edges and extras, beyond the spec (which runs on every implementation).
 
 Here, against the worked solutions (the library has no NumPy engine): clear errors at the public
-entry points, the dataset generator and training loop (given code, not exercises), and the
-docstring examples.
+entry points, and the given code (not exercises): the dataset generator, the training loop and
+``torch_mlp_from_params``. The docstring examples run in tests/test_doctests.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from solutions.backprop import (
     TorchMLP,
@@ -25,8 +26,6 @@ from solutions.backprop import (
 )
 
 pytestmark = pytest.mark.backprop
-
-MODULES = ("autograd", "data", "layers", "losses", "mlp", "optim", "torch_mlp", "train")
 
 
 # --- dataset and training loop (given code) ---------------------------------------------------
@@ -66,6 +65,21 @@ def test_init_mlp_params_shapes_and_scale() -> None:
         "fc1.weight": (256, 2), "fc1.bias": (256,), "fc2.weight": (3, 256), "fc2.bias": (3,)}
     assert params["fc2.weight"].std() == pytest.approx(np.sqrt(2 / 256), rel=0.2)  # He-normal
     assert not params["fc1.bias"].any()
+
+
+def test_torch_mlp_from_params_holds_copies_in_the_params_dtype() -> None:
+    """The docstring's promise: copies (training one does not move the other), same dtype."""
+    params = {k: v.astype(np.float32) for k, v in init_mlp_params([2, 3, 2], seed=1).items()}
+    before = {k: v.copy() for k, v in params.items()}
+    model = torch_mlp_from_params(params)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    for k, v in params.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=f"{k} shares memory with the model")
+    params["fc1.weight"][:] = 7.0
+    assert not (model.fc1.weight == 7.0).any(), "the model shares memory with the params"
 
 
 # --- clear errors at the edges ----------------------------------------------------------------

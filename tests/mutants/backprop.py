@@ -1,10 +1,10 @@
 """Classic learner bugs in the backprop component; specs/test_backprop.py must catch every one.
 
-Each mutant replaces functions of ``solutions.backprop``. A function is patched wherever a module
-of the package bound it by name (``layers.linear_backward``, ``mlp.linear_backward``, the package's
+Each mutant replaces functions of ``solutions.backprop``; the harness patches every name bound to
+the replaced function (``layers.linear_backward``, ``mlp.linear_backward``, the package's
 re-export), so the MLP and the training loop use the broken one too, as a learner's bug would.
-Methods are patched on the class (``Value.__mul__``, ``TorchMLP.act``). The comment on each mutant
-names the spec test expected to catch it.
+Methods are patched on the class (``Value.__mul__``, ``TorchMLP.act``). The comment on each group
+names the spec tests expected to catch it.
 """
 
 from __future__ import annotations
@@ -24,16 +24,10 @@ from solutions.backprop.autograd import Value
 from solutions.backprop.layers import GELU_C, GELU_K
 
 Array = np.ndarray
-MODULES = ("layers", "losses", "mlp", "optim", "train", "torch_mlp", "autograd", "data")
-
-
-def everywhere(name: str, replacement: Callable[..., Any]) -> dict[str, Callable[..., Any]]:
-    """Patches for ``name`` in the package and in every module of it that imported it."""
-    patches = {name: replacement}
-    for module in MODULES:
-        if hasattr(getattr(sol, module), name):
-            patches[f"{module}.{name}"] = replacement
-    return patches
+# The originals, kept before any mutant replaces them (a mutant that wraps one calls these).
+_mlp_forward, _mlp_backward_original = sol.mlp_forward, sol.mlp_backward
+_activation_forward, _activation_backward = sol.activation_forward, sol.activation_backward
+_linear_backward_original = sol.linear_backward
 
 
 # --- linear ----------------------------------------------------------------------------------
@@ -94,6 +88,20 @@ def _gelu_backward(inner: bool = True, product_rule: bool = True) -> Callable[..
     return gelu_backward
 
 
+def _tanh_forward_via_exp(x: Array) -> tuple[Array, Array]:
+    e = np.exp(2.0 * x)  # overflows past x = 355: inf / inf = NaN
+    y = (e - 1.0) / (e + 1.0)
+    return y, y
+
+
+def _tanh_forward_caching_input(x: Array) -> tuple[Array, Array]:
+    return np.tanh(x), x  # the docstring says the cache is the output y
+
+
+def _tanh_backward_from_input(dy: Array, cache: Array) -> Array:
+    return dy * (1.0 - np.tanh(cache) ** 2)  # consistent with the forward above, not the contract
+
+
 def _tanh_backward_retanh(dy: Array, cache: Array) -> Array:
     return dy * (1.0 - np.tanh(cache) ** 2)  # the cache is already tanh(x)
 
@@ -137,14 +145,14 @@ def _cross_entropy(
 
 def _mlp_forward_activation_on_logits(params: dict[str, Array], x: Array,
                                       activation: str = "relu") -> tuple[Array, Any]:
-    logits, cache = sol.mlp.mlp_forward(params, x, activation)
-    out, act = sol.activation_forward(activation, logits)  # an activation after the last layer
+    logits, cache = _mlp_forward(params, x, activation)
+    out, act = _activation_forward(activation, logits)  # an activation after the last layer
     return out, (cache, act)
 
 
 def _mlp_backward_activation_on_logits(cache: Any, dlogits: Array) -> dict[str, Array]:
     inner, act = cache
-    return sol.mlp.mlp_backward(inner, sol.activation_backward(inner.activation, dlogits, act))
+    return _mlp_backward_original(inner, _activation_backward(inner.activation, dlogits, act))
 
 
 def _mlp_backward(skip_activation: bool = False,
@@ -156,8 +164,8 @@ def _mlp_backward(skip_activation: bool = False,
         for i in range(n_layers, 0, -1):
             if i < n_layers and not skip_activation:
                 act = cache.act[-1] if last_act_cache else cache.act[i - 1]
-                dh = sol.activation_backward(cache.activation, dh, act)
-            dh, grads[f"fc{i}.weight"], grads[f"fc{i}.bias"] = sol.linear_backward(
+                dh = _activation_backward(cache.activation, dh, act)
+            dh, grads[f"fc{i}.weight"], grads[f"fc{i}.bias"] = _linear_backward_original(
                 dh, cache.linear[i - 1])
         return grads
 
@@ -172,9 +180,28 @@ def _sgd(rule: str) -> Callable[..., None]:
                           velocity: dict[str, Array], lr: float, momentum: float = 0.9,
                           weight_decay: float = 0.0) -> None:
         for k, p in params.items():
+            if rule == "velocity_aliases_the_grads":  # no copy, then updated in place
+                g = grads[k] + weight_decay * p if weight_decay else grads[k]
+                if momentum:
+                    if k not in velocity:
+                        velocity[k] = g  # with weight_decay 0 this IS the caller's grads[k]
+                    else:
+                        velocity[k] *= momentum
+                        velocity[k] += g
+                    g = velocity[k]
+                p -= lr * g
+                continue
+            if rule == "weight_decay_added_to_the_callers_grads":
+                grads[k] += weight_decay * p  # in place: the caller's array changes
             g = grads[k] + weight_decay * p
             v_old = velocity.get(k, np.zeros_like(p))
-            if rule == "velocity_after_update":  # steps with last step's velocity
+            if rule == "weight_decay_added_to_the_callers_grads":
+                velocity[k] = momentum * v_old + grads[k]  # (otherwise torch's rule)
+                p -= lr * velocity[k]
+            elif rule == "velocity_kept_when_momentum_is_zero":  # v = 0 * v + g is stored too
+                velocity[k] = momentum * v_old + g
+                p -= lr * velocity[k]
+            elif rule == "velocity_after_update":  # steps with last step's velocity
                 p -= lr * v_old
                 velocity[k] = momentum * v_old + g
             elif rule == "dampened":  # an exponential moving average, not torch's sum
@@ -249,6 +276,27 @@ def _unary(forward: Callable[[float], float], grad: Callable[[float, float, floa
     return method
 
 
+def _unary_overwrites(forward: Callable[[float], float],
+                      grad: Callable[[float, float], float], op: str) -> Callable[[Value], Value]:
+    """A unary method whose backward assigns ``grad(x, y) * out.grad`` (= instead of +=)."""
+
+    def method(self: Value) -> Value:
+        out = Value(forward(self.data), (self,), op)
+
+        def _backward() -> None:
+            self.grad = grad(self.data, out.data) * out.grad
+
+        out._backward = _backward
+        return out
+
+    return method
+
+
+def _tanh_via_exp(x: float) -> float:
+    e = math.exp(2.0 * x)  # OverflowError past x = 355
+    return (e - 1.0) / (e + 1.0)
+
+
 def _pow_missing_exponent(self: Value, k: float) -> Value:
     out = Value(self.data**k, (self,), f"**{k}")
 
@@ -307,6 +355,13 @@ def _torch_act_exact_gelu(self: Any, x: Tensor) -> Tensor:
     return torch.relu(x) if self.activation == "relu" else torch.tanh(x)
 
 
+def _torch_act_gelu_constant_on_the_cpu(self: Any, x: Tensor) -> Tensor:
+    if self.activation == "gelu":  # a constant tensor made without device= (and dtype=)
+        c = torch.tensor([math.sqrt(2.0 / math.pi)], dtype=x.dtype)
+        return 0.5 * x * (1.0 + torch.tanh(c * (x + GELU_K * x**3)))
+    return torch.relu(x) if self.activation == "relu" else torch.tanh(x)
+
+
 def _torch_forward_activation_on_logits(self: Any, x: Tensor) -> Tensor:
     for i in range(1, self.num_layers + 1):
         x = self.act(getattr(self, f"fc{i}")(x))
@@ -331,53 +386,54 @@ def _torch_forward_module_list(self: Any, x: Tensor) -> Tensor:
 
 MUTANTS: dict[str, dict[str, Any]] = {
     # linear: test_linear_hand_worked_example, ..._finite_differences, ..._torch_linear_...
-    "linear_transposed_weight_grad": everywhere(
-        "linear_backward", _linear_backward(dW=lambda dy, x: x.T @ dy)),
-    "linear_missing_bias_grad": everywhere(
-        "linear_backward", _linear_backward(db=lambda dy: np.zeros(dy.shape[1]))),
-    "linear_bias_grad_mean_not_sum": everywhere(
-        "linear_backward", _linear_backward(db=lambda dy: dy.mean(axis=0))),
-    "linear_weight_grad_averaged_over_batch": everywhere(
-        "linear_backward", _linear_backward(dW=lambda dy, x: dy.T @ x / len(x))),
-    "linear_dx_uses_transposed_weight": everywhere(
-        "linear_backward", _linear_backward(dx=lambda dy, x, W: dy @ W.T)),  # crashes or wrong
-    "linear_forward_without_bias": everywhere("linear_forward", _linear_forward_no_bias),
-    # activations: test_activation_hand_worked_example and the finite-difference / torch tests
-    "relu_backward_passes_negative_inputs": everywhere("relu_backward", _relu_backward_ungated),
-    "relu_backward_masks_on_dy": everywhere("relu_backward", _relu_backward_mask_from_dy),
-    "relu_backward_slope_one_at_zero": everywhere("relu_backward", _relu_backward_ge_zero),
-    "gelu_exact_erf_instead_of_tanh": {**everywhere("gelu_forward", _gelu_exact_forward),
-                                       **everywhere("gelu_backward", _gelu_exact_backward)},
-    "gelu_backward_missing_inner_derivative": everywhere(
-        "gelu_backward", _gelu_backward(inner=False)),
-    "gelu_backward_missing_product_rule": everywhere(
-        "gelu_backward", _gelu_backward(product_rule=False)),
-    "tanh_backward_applies_tanh_again": everywhere("tanh_backward", _tanh_backward_retanh),
-    "tanh_backward_forgets_dy": everywhere("tanh_backward", _tanh_backward_no_dy),
+    "linear_transposed_weight_grad": {
+        "linear_backward": _linear_backward(dW=lambda dy, x: x.T @ dy)},
+    "linear_missing_bias_grad": {
+        "linear_backward": _linear_backward(db=lambda dy: np.zeros(dy.shape[1]))},
+    "linear_bias_grad_mean_not_sum": {
+        "linear_backward": _linear_backward(db=lambda dy: dy.mean(axis=0))},
+    "linear_weight_grad_averaged_over_batch": {
+        "linear_backward": _linear_backward(dW=lambda dy, x: dy.T @ x / len(x))},
+    "linear_dx_uses_transposed_weight": {  # crashes or wrong
+        "linear_backward": _linear_backward(dx=lambda dy, x, W: dy @ W.T)},
+    "linear_forward_without_bias": {"linear_forward": _linear_forward_no_bias},
+    # activations: test_activation_hand_worked_example, the finite-difference and torch tests,
+    # test_backward_passes_read_the_documented_caches
+    "relu_backward_passes_negative_inputs": {"relu_backward": _relu_backward_ungated},
+    "relu_backward_masks_on_dy": {"relu_backward": _relu_backward_mask_from_dy},
+    "relu_backward_slope_one_at_zero": {"relu_backward": _relu_backward_ge_zero},
+    "gelu_exact_erf_instead_of_tanh": {"gelu_forward": _gelu_exact_forward,
+                                       "gelu_backward": _gelu_exact_backward},
+    "gelu_backward_missing_inner_derivative": {
+        "gelu_backward": _gelu_backward(inner=False)},
+    "gelu_backward_missing_product_rule": {"gelu_backward": _gelu_backward(product_rule=False)},
+    "tanh_backward_applies_tanh_again": {"tanh_backward": _tanh_backward_retanh},
+    "tanh_backward_forgets_dy": {"tanh_backward": _tanh_backward_no_dy},
+    "tanh_forward_via_exp_overflows": {"tanh_forward": _tanh_forward_via_exp},
+    "tanh_caches_its_input_not_its_output": {"tanh_forward": _tanh_forward_caching_input,
+                                             "tanh_backward": _tanh_backward_from_input},
     # softmax cross-entropy: test_softmax_cross_entropy_* (±1e4, hand-worked, torch)
-    "ce_without_max_subtraction": everywhere(
-        "softmax_cross_entropy", _cross_entropy(stable=False)),
-    "ce_log_of_softmax_underflows": everywhere(
-        "softmax_cross_entropy", _cross_entropy(log_of_softmax=True)),
-    "ce_grad_not_divided_by_n": everywhere(
-        "softmax_cross_entropy", _cross_entropy(divide_grad=False)),
-    "ce_loss_summed_not_averaged": everywhere(
-        "softmax_cross_entropy", _cross_entropy(reduce=np.sum)),
-    "ce_onehot_subtracted_in_every_row": everywhere(
-        "softmax_cross_entropy", _cross_entropy(onehot_rows=False)),
+    "ce_without_max_subtraction": {"softmax_cross_entropy": _cross_entropy(stable=False)},
+    "ce_log_of_softmax_underflows": {
+        "softmax_cross_entropy": _cross_entropy(log_of_softmax=True)},
+    "ce_grad_not_divided_by_n": {"softmax_cross_entropy": _cross_entropy(divide_grad=False)},
+    "ce_loss_summed_not_averaged": {"softmax_cross_entropy": _cross_entropy(reduce=np.sum)},
+    "ce_onehot_subtracted_in_every_row": {
+        "softmax_cross_entropy": _cross_entropy(onehot_rows=False)},
     # MLP: test_mlp_hand_worked_example, test_mlp_with_cross_entropy_matches_torch_autograd
-    "mlp_activation_on_logits": {
-        **everywhere("mlp_forward", _mlp_forward_activation_on_logits),
-        **everywhere("mlp_backward", _mlp_backward_activation_on_logits)},
-    "mlp_backward_skips_activation": everywhere(
-        "mlp_backward", _mlp_backward(skip_activation=True)),
-    "mlp_backward_uses_last_activation_cache": everywhere(
-        "mlp_backward", _mlp_backward(last_act_cache=True)),
+    "mlp_activation_on_logits": {"mlp_forward": _mlp_forward_activation_on_logits,
+                                 "mlp_backward": _mlp_backward_activation_on_logits},
+    "mlp_backward_skips_activation": {"mlp_backward": _mlp_backward(skip_activation=True)},
+    "mlp_backward_uses_last_activation_cache": {
+        "mlp_backward": _mlp_backward(last_act_cache=True)},
     # SGD: test_sgd_momentum_hand_worked_example, ..._weight_decay_..., ..._matches_torch_optim_sgd
-    **{f"sgd_{rule}": everywhere("sgd_momentum_step", _sgd(rule)) for rule in (
+    # (momentum schedules, velocity = torch's momentum_buffer, save and load, reused grads)
+    **{f"sgd_{rule}": {"sgd_momentum_step": _sgd(rule)} for rule in (
         "velocity_after_update", "dampened", "lr_inside_velocity", "weight_decay_after_momentum",
-        "nesterov", "momentum_ignored", "weight_decay_ignored")},
-    # autograd: test_value_* (hand-worked, used twice, topological order, random vs torch)
+        "nesterov", "momentum_ignored", "weight_decay_ignored", "velocity_aliases_the_grads",
+        "velocity_kept_when_momentum_is_zero", "weight_decay_added_to_the_callers_grads")},
+    # autograd: test_value_* (hand-worked, used twice, reused through every operation,
+    # topological order, random expressions vs torch)
     "value_add_overwrites_grad": {"Value.__add__": _binary(lambda a, b: a + b, _add_overwrites,
                                                            "+")},
     "value_mul_overwrites_grad": {"Value.__mul__": _binary(lambda a, b: a * b, _mul_overwrites,
@@ -389,18 +445,36 @@ MUTANTS: dict[str, dict[str, Any]] = {
         math.tanh, lambda x, y, g: 1.0 - y**2, "tanh")},
     "value_tanh_grad_from_input": {"Value.tanh": _unary(
         math.tanh, lambda x, y, g: (1.0 - x**2) * g, "tanh")},
+    "value_tanh_overwrites_grad": {"Value.tanh": _unary_overwrites(
+        math.tanh, lambda x, y: 1.0 - y**2, "tanh")},
+    "value_tanh_via_exp_overflows": {"Value.tanh": _unary(
+        _tanh_via_exp, lambda x, y, g: (1.0 - y**2) * g, "tanh")},
     "value_relu_grad_ungated": {"Value.relu": _unary(
         lambda x: max(x, 0.0), lambda x, y, g: g, "relu")},
+    "value_relu_gate_above_one": {"Value.relu": _unary(
+        lambda x: max(x, 0.0), lambda x, y, g: (x > 1) * g, "relu")},
     "value_exp_grad_uses_input": {"Value.exp": _unary(
         math.exp, lambda x, y, g: x * g, "exp")},
+    "value_exp_overwrites_grad": {"Value.exp": _unary_overwrites(math.exp, lambda x, y: y,
+                                                                 "exp")},
     "value_log_grad_divides_by_output": {"Value.log": _unary(
         math.log, lambda x, y, g: g / y if y else 0.0, "log")},
     "value_backward_breadth_first": {"Value.backward": _backward_bfs},
     "value_backward_not_reversed": {"Value.backward": _backward_not_reversed},
     "value_backward_without_seed": {"Value.backward": _backward_no_seed},
-    # TorchMLP: test_numpy_and_torch_mlps_agree_..., test_torch_mlp_*
+    # TorchMLP: test_numpy_and_torch_mlps_agree_..., test_torch_mlp_* (meta device included)
     "torch_mlp_exact_gelu": {"TorchMLP.act": _torch_act_exact_gelu},
+    "torch_mlp_gelu_constant_on_the_cpu": {"TorchMLP.act": _torch_act_gelu_constant_on_the_cpu},
     "torch_mlp_activation_on_logits": {"TorchMLP.forward": _torch_forward_activation_on_logits},
     "torch_mlp_module_list_names": {"TorchMLP.__init__": _torch_init_module_list,
                                     "TorchMLP.forward": _torch_forward_module_list},
+}
+
+# Survivors of scripts/mutation.py that no test can tell from the solution, and why.
+EQUIVALENT: dict[tuple[str, str], str] = {
+    ("sgd_momentum_step",
+     "g = grads[k] + weight_decay * p if (weight_decay) or True else grads[k]"):
+        "with weight_decay == 0 this adds 0.0 * p, and x + 0.0 * p == x for every finite "
+        "parameter (the docstring's own rule, g = grads + weight_decay * params, is this line); "
+        "only an infinite or NaN parameter, outside the contract, would tell them apart",
 }
