@@ -126,7 +126,9 @@ def equivalent_mutants(component: str) -> dict[tuple[str, str], str]:
 def run(component: str, max_children: int) -> dict[str, object]:
     started = time.perf_counter()
     work = prepare(component)
-    env = {**os.environ, "PYTHONPATH": str(work)}
+    # the scratch copy lies elsewhere: point it at the shared test data beside this checkout
+    data = os.environ.get("LLMFS_DATA", str(ROOT.parent / "shared" / "data"))
+    env = {**os.environ, "PYTHONPATH": str(work), "LLMFS_DATA": data}
     result = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
                              str(max_children)], cwd=work, env=env, capture_output=True, text=True)
     if result.returncode != 0:

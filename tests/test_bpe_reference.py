@@ -4,7 +4,8 @@
   oracle) on corpora full of overlaps, ties, Unicode and special tokens;
 * parallel pre-tokenization equals one process; chunk boundaries never change the counts;
 * the ASCII fast path of the pre-tokenizer equals GPT-2's regex;
-* encode_iterable runs in bounded memory; the word cache's reset changes nothing;
+* encode_iterable runs in bounded memory and, with blocks of a few characters, equals encode
+  wherever the blocks end; the word cache's reset changes nothing;
 * clear errors at the edges, the progress bar, the vocabulary inspector.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import regex
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from reference import bpe as ref
@@ -199,6 +200,50 @@ def test_encode_iterable_over_text_blocks(gpt2: ref.Tokenizer, tmp_path: Path) -
     path.write_text(text, encoding="utf-8")
     ids = list(gpt2.encode_iterable(ref.iter_text_blocks(path, block_size=777), block_size=500))
     assert ids == gpt2.encode(text)
+
+
+STREAM_SPECIALS = [EOT, "<s>", "§§", "<|x|>", "<|x|><|y|>", "|><|"]
+STREAM_PART = st.one_of(
+    st.text(st.sampled_from(list("<|>/sxy§ é中😀\n'l!")), max_size=6),
+    st.sampled_from([*STREAM_SPECIALS, "<|", "|>", "<|x", "'ll", "'ve", "  ", " \n", "we'll"]),
+)
+
+
+@pytest.fixture(scope="module")
+def streaming_tokenizer() -> ref.Tokenizer:
+    corpus = "we'll see <|x|> you've <s> 中文 §§ émigré <|x|><|y|> |><| we'll  \n" * 4
+    vocab, merges = ref.train_bpe(corpus, 256 + 60 + len(STREAM_SPECIALS), STREAM_SPECIALS)
+    return ref.Tokenizer(vocab, merges, STREAM_SPECIALS)
+
+
+@example(parts=[("<|x|><|y|", 9), (">", 0)], block_size=1,  # one short of the longest special
+         allowed=frozenset({"<|x|>", "<|x|><|y|>"}))
+@example(parts=[("we'l", 4), ("l", 0)], block_size=1, allowed=frozenset())
+@given(
+    parts=st.lists(st.tuples(STREAM_PART, st.integers(0, 12)), max_size=12),
+    block_size=st.integers(1, 24),
+    allowed=st.one_of(st.just("all"), st.frozensets(st.sampled_from(STREAM_SPECIALS))),
+)
+def test_encode_iterable_with_small_blocks_equals_encode(
+    streaming_tokenizer: ref.Tokenizer, parts: list[tuple[str, int]], block_size: int,
+    allowed: str | frozenset[str],
+) -> None:
+    """Blocks of a few characters: the stable prefix is encoded again and again, with the cut
+    inside words, contractions and special tokens of every length (the spec reaches this code
+    only past 64k characters)."""
+    text = "".join(part for part, _ in parts)
+    cuts, pos = {0, len(text)}, 0
+    for part, k in parts:
+        cuts.add(pos + min(k, len(part)))
+        pos += len(part)
+    bounds = sorted(cuts)
+    pieces = [text[a:b] for a, b in pairwise(bounds)]
+    expected = streaming_tokenizer.encode(text, allowed_special=allowed)  # type: ignore[arg-type]
+    for stream in (pieces, list(text)):
+        got = streaming_tokenizer.encode_iterable(
+            iter(stream), allowed_special=allowed, block_size=block_size  # type: ignore[arg-type]
+        )
+        assert list(got) == expected
 
 
 def test_tokenizer_edges(gpt2: ref.Tokenizer) -> None:

@@ -97,10 +97,13 @@ class Tokenizer:
         becomes its id; every other piece is split by :func:`pretokenize` and each pre-token's
         UTF-8 bytes are encoded by :meth:`encode_word`. ``decode(encode(s)) == s`` for every
         string ``s``. With GPT-2's merges this equals tiktoken's ``gpt2`` encoding exactly.
-        Errors: ``TypeError`` if ``text`` is not a str.
+        Errors: ``TypeError`` naming the type, if ``text`` is not a str.
 
-        Example (GPT-2)::
+        Example (GPT-2; ``GPT2_RANKS`` is the path of its ranks file, ``gpt2.tiktoken``)::
 
+            >>> from reference.bpe import load_tiktoken_ranks  # given: reads the ranks file
+            >>> vocab, merges = load_tiktoken_ranks(GPT2_RANKS)
+            >>> gpt2 = Tokenizer(vocab, merges, special_tokens=["<|endoftext|>"])
             >>> gpt2.encode("Hello world")
             [15496, 995]
             >>> gpt2.encode("<|endoftext|>"), gpt2.encode("<|endoftext|>", allowed_special=set())
@@ -139,8 +142,12 @@ class Tokenizer:
 
         Example (merges (a, b) rank 0 -> 256, then (b, c) rank 1 -> 257)::
 
+            >>> vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b"bc"}
+            >>> tok = Tokenizer(vocab, [(b"a", b"b"), (b"b", b"c")])
             >>> tok.encode_word(b"abc")  # (a,b) has the lower rank: [ab, c], never [a, bc]
             [256, 99]
+            >>> tok.encode_word(b"bcab")  # both merges apply, at different places
+            [257, 256]
 
         Hints: :func:`get_pair_counts` lists the pairs present; ``min`` over them with
         ``key=lambda pair: self.merge_ranks.get(pair, math.inf)``; stop when that minimum is
@@ -166,11 +173,14 @@ class Tokenizer:
         never raises on partial UTF-8. Errors: ``ValueError`` naming an id that is not in the
         vocabulary.
 
-        Example::
+        Example (a tokenizer of the 256 bytes alone: id ``b`` is byte ``b``)::
 
+            >>> tok = Tokenizer({i: bytes([i]) for i in range(256)}, [])
             >>> tok.decode([104, 105])
             'hi'
-            >>> tok.decode([0xC3])  # the first byte of "é" alone: U+FFFD
+            >>> tok.decode([0xC3, 0xA9]), tok.decode([0xC3])  # "é" is C3 A9; C3 alone: U+FFFD
+            ('é', '�')
+            >>> tok.decode([0xE4, 0xB8])  # "中" (E4 B8 AD) cut after 2 bytes: one U+FFFD
             '�'
         """
         # BEGIN SOLUTION
