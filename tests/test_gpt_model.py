@@ -193,3 +193,17 @@ def test_forward_compiles_to_one_graph_without_host_sync(mode: str) -> None:
     torch.testing.assert_close(loss, want_loss)
     logits, none = compiled(idx[:, :5])
     assert none is None and logits.shape == (2, 5, 11)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_forward_on_meta_returns_everything_on_meta(mode: str) -> None:
+    """The forward pass reads only shapes, so it runs on ``meta``; a tensor made without
+    ``device=`` (positions, a mask) would land on the CPU and fail to mix. Training mode too,
+    with dropout and activation checkpointing."""
+    config = TINY.model_copy(update={"dropout": 0.1})
+    model = meta_gpt(config).set_activation_checkpointing(True).train(mode == "train")
+    idx = torch.zeros(2, 16, dtype=torch.long, device="meta")
+    logits, loss = model(idx, idx)
+    assert loss is not None
+    assert (logits.device.type, tuple(logits.shape)) == ("meta", (2, 16, 100))
+    assert (loss.device.type, tuple(loss.shape)) == ("meta", ())

@@ -19,7 +19,13 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     C - 1), as ``torch.nn.functional.layer_norm``. ``eps`` goes inside the square root.
 
     Worked example (C = 2, no weight or bias, eps = 0): x = [1, 3] has mean 2, var 1, so
-    y = [-1, 1]. With eps = 3: y = [-1, 1] / sqrt(1 + 3) = [-0.5, 0.5].
+    y = [-1, 1]. With eps = 3: y = [-1, 1] / sqrt(1 + 3) = [-0.5, 0.5]::
+
+        >>> import torch
+        >>> layer_norm(torch.tensor([[1.0, 3.0]]), None, None, eps=0.0)
+        tensor([[-1.,  1.]])
+        >>> layer_norm(torch.tensor([[1.0, 3.0]]), None, None, eps=3.0)
+        tensor([[-0.5000,  0.5000]])
 
     Hint: ``x.mean(-1, keepdim=True)``; ``x.var`` is unbiased unless ``unbiased=False``.
     """
@@ -37,6 +43,10 @@ def gelu(x: Tensor) -> Tensor:
     ``erf``) differs by up to ~5e-4, enough to make a GPT-2 checkpoint's logits drift.
 
     Worked example: gelu(0) = 0; gelu(1) = 0.5 * (1 + tanh(0.7979 * 1.0447)) = 0.8412;
-    gelu(-1) = -0.1588; large x: gelu(x) ≈ x; very negative x: ≈ 0.
+    gelu(-1) = -0.1588; large x: gelu(x) ≈ x; very negative x: ≈ 0::
+
+        >>> import torch
+        >>> gelu(torch.tensor([0.0, 1.0, -1.0, 30.0, -30.0]))
+        tensor([ 0.0000,  0.8412, -0.1588, 30.0000, -0.0000])
     """
     raise NotImplementedError("exercises/gpt/layers.py::gelu is a stub: fill it in (task gpt), then run `pytest exercises -m gpt`")

@@ -27,7 +27,11 @@ def sinusoidal_positional_encoding(n_positions: int, d_model: int) -> Tensor:
     Worked example (d_model = 4, so ω = [1, 0.01])::
 
         PE[0] = [0, 1, 0, 1]
-        PE[1] = [sin 1, cos 1, sin 0.01, cos 0.01] = [0.8415, 0.5403, 0.0100, 1.0000]
+        PE[1] = [sin 1, cos 1, sin 0.01, cos 0.01] = [0.8415, 0.5403, 0.0100, 0.99995]
+
+        >>> sinusoidal_positional_encoding(2, 4)
+        tensor([[0.0000, 1.0000, 0.0000, 1.0000],
+                [0.8415, 0.5403, 0.0100, 0.9999]])
 
     Hint: ``torch.arange(n_positions)[:, None] * omega[None, :]`` is the (T, d_model/2) table of
     angles; write sines into ``pe[:, 0::2]`` and cosines into ``pe[:, 1::2]``.

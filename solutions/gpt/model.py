@@ -59,7 +59,10 @@ def count_parameters(config: GPTConfig) -> int:
     and the two LayerNorms' shifts; the LayerNorm scales are 2C either way. Then the embeddings
     V·C and block_size·C, and the final LayerNorm. The LM head adds nothing: it is ``wte``.
 
-    Worked example: GPT-2 small (V 50257, block 1024, 12 layers, C 768) has 124,439,808.
+    Worked example: GPT-2 small (V 50257, block 1024, 12 layers, C 768) has 124,439,808::
+
+        >>> count_parameters(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_embd=768))
+        124439808
 
     Hint: 12·C² + 13·C per block with biases.
     """
@@ -145,14 +148,19 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -1) -> Te
 
         loss = mean over kept n of  logsumexp(logits[n]) - logits[n, targets[n]]
 
-    Worked example: logits [[0, 0]] (two equally likely tokens), target [1]: loss = ln 2.
+    Worked example: logits [[0, 0]] (two equally likely tokens), target [1]: loss = ln 2; a
+    target equal to ``ignore_index`` counts for nothing::
+
+        >>> cross_entropy(torch.zeros(2, 2), torch.tensor([1, -1]))
+        tensor(0.6931)
 
     Hint: ``torch.logsumexp`` is the stable log of a sum of exponentials; ``gather`` picks the
-    target's logit (clamp ignored targets to a valid id first, then mask them out).
+    target's logit (replace ignored targets by a valid id such as 0 first, then mask them out:
+    ``ignore_index`` may be any int, -100 or one past the vocabulary too).
     """
     # BEGIN SOLUTION
     keep = targets != ignore_index  # (N,)
-    safe = targets.clamp(min=0).long().unsqueeze(1)  # (N, 1) any valid id where ignored
+    safe = targets.masked_fill(~keep, 0).long().unsqueeze(1)  # (N, 1) a valid id where ignored
     nll = logits.logsumexp(dim=-1) - logits.gather(1, safe).squeeze(1)  # (N,)
     return (nll * keep).sum() / keep.sum()  # 0/0 = nan when nothing is kept, as torch
     # END SOLUTION
