@@ -21,7 +21,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -100,9 +102,22 @@ def sample_next_token(
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
+Overflow = Literal["recompute", "stop", "error"]
+
+
+@dataclass(frozen=True)
+class _Options:
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    eos_id: int | None
+    use_cache: bool
+    overflow: Overflow
+
+
 def _check_generation_args(
-    model: GPT, idx: Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-    top_p: float | None, seed: int | None, generator: torch.Generator | None, eos_id: int | None,
+    model: GPT, idx: Tensor, max_new_tokens: int, options: _Options, seed: int | None,
+    generator: torch.Generator | None, lengths: Tensor | None,
 ) -> None:
     """Validation at the edge, once per call: the ids' range is read here (one device sync),
     never inside the model's forward pass."""
@@ -112,16 +127,28 @@ def _check_generation_args(
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
-    _check_temperature(temperature)
-    if top_k is not None:
-        _check_top_k(top_k)
-    if top_p is not None:
-        _check_top_p(top_p)
+    _check_temperature(options.temperature)
+    if options.top_k is not None:
+        _check_top_k(options.top_k)
+    if options.top_p is not None:
+        _check_top_p(options.top_p)
+    if options.overflow not in ("recompute", "stop", "error"):
+        raise ValueError(f"overflow must be 'recompute', 'stop' or 'error', got "
+                         f"{options.overflow!r}")
     cfg = model.config
+    eos_id = options.eos_id
     if eos_id is not None and not 0 <= eos_id < cfg.vocab_size:
         raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {cfg.vocab_size})")
     check_idx(idx[:, -cfg.block_size :] if idx.ndim == 2 else idx, cfg.block_size)
     check_token_ids(idx, cfg.vocab_size)
+    if lengths is not None:
+        T = idx.shape[1]
+        if lengths.shape != (idx.shape[0],) or lengths.is_floating_point():
+            raise ValueError(f"lengths must be a ({idx.shape[0]},) integer tensor, one length "
+                             f"per row, got {lengths.dtype} {tuple(lengths.shape)}")
+        if cfg.block_size < T or int(lengths.min()) < 1 or int(lengths.max()) > T:
+            raise ValueError(f"lengths must lie in [1, {T}] (the padded width, at most "
+                             f"block_size {cfg.block_size}), got {lengths.tolist()}")
 
 
 def stream(
@@ -135,6 +162,9 @@ def stream(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
+    lengths: Tensor | None = None,
+    use_cache: bool = True,
+    overflow: Overflow = "recompute",
 ) -> Iterator[Tensor]:
     """Yield the next token of every row of ``idx`` (B, T), one (B,) int64 tensor per step.
 
@@ -142,6 +172,18 @@ def stream(
     with ``eos_id`` only, and the stream ends once every row has. The same ``seed`` (or a
     generator in the same state) gives the same tokens. The arguments are checked when the
     stream is created, before the first step.
+
+    With ``use_cache`` (the default) the prompt is prefilled into a KV cache in one pass and
+    each step then runs one token (``reference.kvcache``); without it every step runs the last
+    ``block_size`` tokens again. The tokens are the same either way. Past ``block_size`` the
+    cache cannot slide (positions are learned): ``overflow="recompute"`` continues by running
+    the last ``block_size`` tokens each step, exactly as without a cache; ``"stop"`` ends the
+    stream there; ``"error"`` raises ValueError.
+
+    ``lengths`` (B,): the rows of ``idx`` are prompts of these lengths, right-padded (the
+    padding's ids do not matter); each row continues after its own last real token. Needs the
+    cache, and a row that would pass ``block_size`` stops the stream or raises (``"recompute"``
+    does not apply to padded rows: ValueError).
 
     The model runs as it is: its mode is not touched (call ``model.eval()`` first, as
     :func:`reference.inference.load` does, for generation without dropout), so one model can
@@ -155,30 +197,60 @@ def stream(
         >>> [tuple(t.shape) for t in steps]
         [(1,), (1,), (1,), (1,)]
     """
-    _check_generation_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, generator,
-                           eos_id)
-    return _stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, generator, eos_id)
+    options = _Options(temperature, top_k, top_p, eos_id, use_cache, overflow)
+    _check_generation_args(model, idx, max_new_tokens, options, seed, generator, lengths)
+    if lengths is not None and not use_cache:
+        raise ValueError("lengths (padded prompts) need use_cache=True")
+    if seed is not None:
+        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    return _stream(model, idx, max_new_tokens, options, generator, lengths)
 
 
 def _stream(
-    model: GPT, idx: Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-    top_p: float | None, seed: int | None, generator: torch.Generator | None, eos_id: int | None,
+    model: GPT, idx: Tensor, max_new_tokens: int, o: _Options,
+    generator: torch.Generator | None, lengths: Tensor | None,
 ) -> Iterator[Tensor]:
-    if seed is not None:
-        generator = torch.Generator(device=idx.device).manual_seed(seed)
     block_size = model.config.block_size
-    done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    for _ in range(max_new_tokens):
-        with torch.no_grad():  # a generator resumes outside the decorator's context
-            idx_cond = idx[:, -block_size:]  # crop: positions beyond block_size don't exist
-            logits, _ = model(idx_cond)  # (B, T, V)
-            nxt = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-        if eos_id is not None:
-            nxt = nxt.masked_fill(done, eos_id)  # finished rows only pad
-            done |= nxt == eos_id
+    B = idx.shape[0]
+    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    rows = torch.arange(B, device=idx.device)
+    # next_slot: where each row's next token goes in the cache (host ints: no sync per step)
+    cache, next_slot = None, [min(idx.shape[1], block_size)] * B
+    if lengths is not None:
+        next_slot = [int(n) for n in lengths.tolist()]
+    last_logits: Tensor | None = None
+    for step in range(max_new_tokens):
+        with torch.no_grad():  # a generator resumes outside any decorator's context
+            if step == 0 and o.use_cache:  # prefill the prompt (its last block_size tokens)
+                prompt = idx[:, -block_size:]
+                cache = model.new_cache(B)
+                cache.length = prompt.shape[1]  # attention reads only the slots in use
+                slots = torch.arange(prompt.shape[1], device=idx.device).expand(B, -1)
+                logits = model(prompt, cache=cache, input_pos=slots)[0]  # (B, T, V)
+                at = torch.tensor(next_slot, device=idx.device) - 1
+                last_logits = logits[rows, at]  # (B, V): each row's last real token
+            elif cache is not None and max(next_slot) < block_size:  # decode one token
+                pos = torch.tensor(next_slot, device=idx.device)[:, None]  # (B, 1)
+                cache.length = max(next_slot) + 1
+                last_logits = model(idx[:, -1:], cache=cache, input_pos=pos)[0][:, -1]
+                next_slot = [n + 1 for n in next_slot]
+            else:  # no cache, or past block_size: run the last block_size tokens
+                if cache is not None and (o.overflow != "recompute" or lengths is not None):
+                    if o.overflow == "stop":
+                        return
+                    why = ("padded rows cannot be recomputed, use overflow='stop'"
+                           if lengths is not None else "overflow='error'")
+                    raise ValueError(f"generation reached block_size {block_size}: the KV "
+                                     f"cache cannot slide with learned positions ({why})")
+                last_logits = model(idx[:, -block_size:])[0][:, -1]
+            assert last_logits is not None
+            nxt = sample_next_token(last_logits, o.temperature, o.top_k, o.top_p, generator)
+        if o.eos_id is not None:
+            nxt = nxt.masked_fill(done, o.eos_id)  # finished rows only pad
+            done |= nxt == o.eos_id
         idx = torch.cat([idx, nxt.unsqueeze(1).to(idx.dtype)], dim=1)
         yield nxt
-        if eos_id is not None and bool(done.all()):  # one device sync per step: needed to stop
+        if o.eos_id is not None and bool(done.all()):  # one device sync per step: needed to stop
             return
 
 
@@ -193,12 +265,40 @@ def generate(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
+    use_cache: bool = True,
+    overflow: Overflow = "recompute",
 ) -> Tensor:
     """Extend ``idx`` (B, T) by up to ``max_new_tokens`` sampled tokens -> (B, T + n).
 
-    :func:`stream` collected: n < ``max_new_tokens`` when every row has produced ``eos_id``.
-    The model's mode is left alone (see :func:`stream`).
+    :func:`stream` collected: n < ``max_new_tokens`` when every row has produced ``eos_id``
+    (or the stream stopped at ``block_size``). The model's mode is left alone.
     """
     steps = list(stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed, generator=generator, eos_id=eos_id))
+                        top_p=top_p, seed=seed, generator=generator, eos_id=eos_id,
+                        use_cache=use_cache, overflow=overflow))
     return torch.cat([idx, *(t.unsqueeze(1).to(idx.dtype) for t in steps)], dim=1)
+
+
+def generate_batch(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    **options: Any,
+) -> list[list[int]]:
+    """The new tokens of each prompt, prompts of different lengths decoded as one batch
+    (right-padded, each row at its own positions); ``options`` as for :func:`stream`. A row
+    that produced ``eos_id`` ends with it."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("give at least one prompt, each of at least one token")
+    device = model.transformer.wpe.weight.device
+    width = max(len(p) for p in prompts)
+    idx = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    for row, p in enumerate(prompts):
+        idx[row, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    steps = list(stream(model, idx, max_new_tokens, lengths=lengths, **options))
+    if not steps:
+        return [[] for _ in prompts]
+    rows = torch.stack(steps, dim=1).tolist()
+    eos = options.get("eos_id")
+    return [row[: row.index(eos) + 1] if eos is not None and eos in row else row for row in rows]

@@ -9,6 +9,7 @@ allocated twice, and gradients flow to the tensors passed in. Sampling is ``refe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,10 +101,7 @@ def gpt_forward(
     """``reference.model.GPT(config)`` in eval mode, run with ``params``; ids are checked here,
     at the edge (the model's forward pass reads only their shape)."""
     check_idx(idx, config)
-    out: tuple[Tensor, Tensor | None] = functional_call(
-        _meta_model(config), dict(params), (idx, targets), tie_weights=True, strict=True
-    )
-    return out
+    return run_model(params, config, idx, targets)
 
 
 def init_params(config: GPTConfig, seed: int = 0) -> dict[str, Tensor]:
@@ -130,12 +128,11 @@ def generate(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
 ) -> Tensor:
-    """``reference.generate.generate`` with a model holding ``params``."""
-    model = _meta_model(config)
-    weights = {**params, _TIED: params["transformer.wte.weight"]}
-    model.load_state_dict(weights, strict=True, assign=True)  # the tensors, not copies
+    """``reference.generate.generate`` with a model holding ``params``, without the KV cache
+    (the GPT chapter's contract: each step runs the last ``block_size`` tokens; the cache is
+    the kvcache chapter's, and gives the same tokens)."""
     return _generate(
-        model,
+        model_with(params, config),
         idx,
         max_new_tokens,
         temperature=temperature,
@@ -143,4 +140,24 @@ def generate(
         top_p=top_p,
         generator=generator,
         eos_id=eos_id,
+        use_cache=False,
     )
+
+
+def model_with(params: Mapping[str, Tensor], config: GPTConfig) -> GPT:
+    """A ``reference.model.GPT(config)`` in eval mode whose weights are the tensors of
+    ``params`` themselves (no copies; gradients flow to them)."""
+    model = _meta_model(config)
+    weights = {**params, _TIED: params["transformer.wte.weight"]}
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model
+
+
+def run_model(params: Mapping[str, Tensor], config: GPTConfig, idx: Tensor,
+              targets: Tensor | None = None, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    """``GPT(config)(idx, targets, **kwargs)`` run with ``params`` (``torch.func``)."""
+    out: tuple[Tensor, Tensor | None] = functional_call(
+        _meta_model(config), dict(params), (idx, targets), kwargs, tie_weights=True,
+        strict=True,
+    )
+    return out

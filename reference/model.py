@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .kvcache import KVCache, cache_update, cached_attention
 from .settings import Bool, NonNegativeFloat, PositiveInt, Settings
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon
@@ -54,17 +55,24 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv_cache: tuple[Tensor, Tensor] | None = None,
+                input_pos: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # is_causal lets torch pick the flash / memory-efficient kernels on GPU; no mask tensor
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hs)
+        if kv_cache is not None and input_pos is not None:
+            # write this block's keys and values at their slots, attend over the whole cache
+            # (bottom-right aligned: the query at slot p sees slots <= p; see kvcache.py)
+            cache_update(*kv_cache, k, v, input_pos)
+            y = cached_attention(q, *kv_cache, input_pos)  # (B, nh, T, hs)
+        else:
+            # is_causal lets torch pick the flash / memory-efficient kernels on GPU; no mask
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         out: Tensor = self.resid_dropout(self.c_proj(y))
         return out
@@ -100,14 +108,16 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.activation_checkpointing = False
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv_cache: tuple[Tensor, Tensor] | None = None,
+                input_pos: Tensor | None = None) -> Tensor:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            out: Tensor = checkpoint(self._forward, x, use_reentrant=False)
+            out: Tensor = checkpoint(self._forward, x, kv_cache, input_pos, use_reentrant=False)
             return out
-        return self._forward(x)
+        return self._forward(x, kv_cache, input_pos)
 
-    def _forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def _forward(self, x: Tensor, kv_cache: tuple[Tensor, Tensor] | None = None,
+                 input_pos: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, input_pos)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -228,6 +238,15 @@ class GPT(nn.Module):
             block.activation_checkpointing = enabled  # type: ignore[assignment]
         return self
 
+    def new_cache(self, batch_size: int, max_len: int | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows of up to ``max_len`` (default
+        ``block_size``) tokens, on the model's device, in its dtype (or ``dtype``)."""
+        cfg, weight = self.config, self.transformer.wpe.weight
+        return KVCache.empty(n_layer=cfg.n_layer, batch_size=batch_size, n_head=cfg.n_head,
+                             max_len=max_len or cfg.block_size, head_size=cfg.n_embd // cfg.n_head,
+                             dtype=dtype or weight.dtype, device=weight.device)
+
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once each (the tied head is the token embedding).
 
@@ -239,11 +258,19 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None,
+        input_pos: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab_size) for token ids ``idx`` (B, T), and the loss given targets.
 
         ``targets`` (B, T) are the next tokens (``idx`` shifted left by one, done by the data
         loader); ``-1`` marks a position to ignore. The loss is the mean cross-entropy.
+
+        With a ``cache`` (``reference.kvcache.KVCache``), ``input_pos`` (B, T) gives each
+        token's slot in it, which is also its position: the block's keys and values are written
+        there and each token attends to the cached ones at slots up to its own. The caller keeps
+        the slots below ``block_size`` (it is not checked here: that would read the values).
         """
         cfg = self.config
         check_idx(idx, cfg.block_size)  # shapes only: ids are checked where they enter
@@ -251,12 +278,18 @@ class GPT(nn.Module):
             raise ValueError(
                 f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"
             )
+        if (cache is None) != (input_pos is None):
+            raise ValueError("cache and input_pos go together: give both or neither")
+        if input_pos is not None and input_pos.shape != idx.shape:
+            raise ValueError(f"input_pos must have the shape of idx {tuple(idx.shape)}, got "
+                             f"{tuple(input_pos.shape)}")
         T = idx.shape[1]
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        pos = torch.arange(T, device=idx.device) if input_pos is None else input_pos  # or (B, T)
         tr = self.transformer
-        x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C) + (T, C) broadcasts over the batch
-        for block in tr.h:
-            x = block(x)
+        x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C): positions broadcast over the batch
+        for i, block in enumerate(tr.h):
+            kv = cache.layer(i) if cache is not None else None
+            x = block(x, kv, input_pos)
         x = tr.ln_f(x)
         logits: Tensor = self.lm_head(x)  # (B, T, vocab_size)
         if targets is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -158,9 +159,14 @@ class Scripted(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the stream a device
         self.script, self.prompt_len = script, prompt_len
 
-    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def new_cache(self, batch_size: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(length=None)  # nothing cached: the script knows the token
+
+    def forward(self, idx: torch.Tensor, targets: None = None, *, cache: object = None,
+                input_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        seen = idx.shape[1] if input_pos is None else int(input_pos[0, -1]) + 1
         logits = torch.full((*idx.shape, self.config.vocab_size), -1e9)
-        logits[:, -1, self.script[idx.shape[1] - self.prompt_len]] = 0.0
+        logits[:, -1, self.script[seen - self.prompt_len]] = 0.0
         return logits, None
 
 
