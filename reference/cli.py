@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--num-samples", type=int, help="more than 1: drawn as one batch")
     gen.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    gen.add_argument("--no-cache", action="store_true",
+                     help="run the whole context every step instead of the KV cache (slower)")
     return parser
 
 
@@ -193,10 +196,17 @@ def _generate(args: argparse.Namespace) -> int:
             raise ValueError(message.replace(field, "--" + field.replace("_", "-"), 1)) from None
         raise ValueError(f"{loaded.checkpoint}: sample.{message}") from None
     if settings.num_samples == 1:  # stream: print each piece as soon as it is drawn
+        drawn: list[int] = []
+        started = time.perf_counter()
         print(settings.prompt, end="", flush=True)
-        for piece in stream_text(loaded.model, loaded.tokenizer, settings):
+        for piece in stream_text(loaded.model, loaded.tokenizer, settings,
+                                 use_cache=not args.no_cache, on_token=drawn.append):
             print(piece, end="", flush=True)
         print()
+        seconds = time.perf_counter() - started
+        print(f"{len(drawn)} tokens in {seconds:.2f} s: {len(drawn) / max(seconds, 1e-9):,.1f} "
+              f"tokens/s ({'full context each step' if args.no_cache else 'KV cache'}, "
+              f"{loaded.device})", file=sys.stderr)
         return 0
     for i, text in enumerate(sample_text(loaded.model, loaded.tokenizer, settings)):
         print(f"--- sample {i + 1} ---")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -127,21 +127,28 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
     return ids[-block_size:]
 
 
-def stream_text(model: GPT, tokenizer: Tokenizer, settings: SampleSettings) -> Iterator[str]:
+def stream_text(model: GPT, tokenizer: Tokenizer, settings: SampleSettings, *,
+                use_cache: bool = True,
+                on_token: Callable[[int], None] | None = None) -> Iterator[str]:
     """The continuation of ``settings.prompt`` (one sample), as text pieces while it is drawn.
 
     Stops after ``max_new_tokens`` tokens or at the tokenizer's end-of-text token (not shown).
     A character whose UTF-8 bytes span several tokens is yielded once it is complete.
+    ``use_cache``: prefill + one token per step (the default), or the full context each step.
+    ``on_token(id)`` is called for every token drawn (e.g. to count them).
     """
     device = next(model.parameters()).device
     idx = torch.tensor([prompt_ids(tokenizer, settings.prompt, model.config.block_size)],
                        device=device)
     eot = tokenizer.eot_id
     steps = stream(model, idx, settings.max_new_tokens, temperature=settings.temperature,
-                   top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed, eos_id=eot)
+                   top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed, eos_id=eot,
+                   use_cache=use_cache)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for step in steps:
         token = int(step[0])
+        if on_token is not None:
+            on_token(token)
         if token == eot:
             break
         if piece := decoder.decode(tokenizer.decode_bytes([token])):

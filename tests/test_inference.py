@@ -217,7 +217,13 @@ def test_the_trainer_the_cli_and_stream_text_draw_the_same_sample(
     assert trainer.model.training, "the trainer's model goes back to training mode"
     assert sample_text(loaded.model, loaded.tokenizer, loaded.sample) == [streamed]
     assert cli.main(["generate", str(path)]) == 0
-    assert capsys.readouterr().out == streamed + "\n"
+    out, err = capsys.readouterr()
+    assert out == streamed + "\n"
+    assert "12 tokens in" in err and "tokens/s (KV cache" in err, err
+    assert cli.main(["generate", str(path), "--no-cache"]) == 0
+    out, err = capsys.readouterr()
+    assert out == streamed + "\n", "the cache changes nothing but the speed"
+    assert "full context each step" in err
 
 
 def test_cli_options_override_the_runs_sample_settings(

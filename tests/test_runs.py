@@ -207,7 +207,7 @@ def test_a_missing_latest_falls_back_to_the_newest_whole_checkpoint_saying_so(
     shutil.rmtree(_latest(run))
     capsys.readouterr()
     assert cli.main(["generate", str(run), "-n", "3", "-p", "ab"]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if "tokens/s" not in line]
     assert len(err) == 1 and err[0].startswith("warning: ") and "step-000008" in err[0]
     assert str(run / "checkpoints" / "step-000004") in err[0]
 
