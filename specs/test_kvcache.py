@@ -15,6 +15,8 @@ Contract:
 |---|---|---|
 | cache_update writes token t of row b at slot input_pos[b, t], per row, and nothing else | `test_cache_update_hand_worked_example`, `test_cache_update_matches_index_copy` | hand-worked; `index_copy_` per row |
 | cache_update keeps the cache's dtype and device | `test_cache_update_and_attention_keep_dtype_and_device` | the meta device; a float64 cache |
+| a cache in another dtype than the queries: attention computes in the queries' dtype | `test_attention_over_a_cache_of_another_dtype` | the same call on the cache converted |
+| generation makes every tensor on the prompt's device, none on the default device | `test_generation_makes_nothing_on_the_default_device` | a meta default device |
 | attention over the cache is bottom-right aligned: the query at slot p sees slots <= p | `test_cached_attention_hand_worked_example`, `test_cached_attention_matches_sdpa_with_an_explicit_mask` | hand-worked; SDPA with a mask built here |
 | what the cache holds past a query's slot never changes its output | `test_slots_past_the_query_never_matter` | the same call on a cache of zeros there |
 | a prefill at slots 0..T-1 is causal attention | `test_cached_attention_of_a_prefill_is_causal_attention` | SDPA(is_causal=True) |
@@ -137,6 +139,19 @@ def test_cache_update_and_attention_keep_dtype_and_device(impl: Any) -> None:
 
 
 # ---------------------------------------------------------------- attention over the cache
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.float64])
+def test_attention_over_a_cache_of_another_dtype(impl: Any, cache_dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 2, 3, 4, generator=g)
+    k_cache = torch.randn(2, 2, 6, 4, generator=g).to(cache_dtype)
+    v_cache = torch.randn(2, 2, 6, 4, generator=g).to(cache_dtype)
+    pos = torch.tensor([[1, 2, 3], [3, 4, 5]])
+    out = impl.cached_attention(q, k_cache, v_cache, pos)
+    want = impl.cached_attention(q, k_cache.float(), v_cache.float(), pos)
+    assert out.dtype == torch.float32, f"attention in the queries' dtype, got {out.dtype}"
+    torch.testing.assert_close(out, want)
 
 
 def test_cached_attention_hand_worked_example(impl: Any) -> None:
@@ -307,6 +322,20 @@ def test_sampled_generate_cached_matches_a_sampling_loop(impl: Any) -> None:
     out = impl.generate_cached(prompt, ours(hf), config_for(impl), 15, temperature=0.8,
                                top_k=10, top_p=0.9, generator=torch.Generator().manual_seed(6))
     assert out[0].tolist() == seq[0, 4:].tolist()
+
+
+def test_generation_makes_nothing_on_the_default_device(impl: Any) -> None:
+    """With a meta default device, CPU inputs must still give CPU results: every tensor made
+    on the way names the prompt's device."""
+    hf = hf_model(torch.float64)
+    params, config = ours(hf), config_for(impl)
+    idx = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+    want = impl.generate_cached(idx, params, config, 3, temperature=0.0,
+                                lengths=torch.tensor([3, 2]))
+    with torch.device("meta"):
+        out = impl.generate_cached(idx, params, config, 3, temperature=0.0,
+                                   lengths=torch.tensor([3, 2], device="cpu"))
+    assert out.device.type == "cpu" and torch.equal(out, want)
 
 
 def test_past_block_size_is_refused_and_zero_steps_are_empty(impl: Any) -> None:

@@ -90,4 +90,10 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "sampling_ignores_the_generator": {"generate_cached": _generate("no_generator")},
 }
 
-EQUIVALENT: dict[tuple[str, str], str] = {}
+EQUIVALENT: dict[tuple[str, str], str] = {
+    ("cached_attention",
+     "scores = q @ k_cache.to(q.dtype).transpose(+2, -1) / math.sqrt(q.size(-1))"):
+        "the cache is 4-D by contract, so dim +2 is dim -2: the same transpose",
+    ("cached_attention", "return softmax(scores, ) @ v_cache.to(q.dtype)"):
+        "softmax's default dim is -1, the keys' axis: the same call",
+}
