@@ -6,6 +6,12 @@ A checkpoint is a directory::
     model.safetensors   the state dict, GPT-2's names, nn.Linear layout, without the tied
                         ``lm_head.weight`` (it is ``transformer.wte.weight``)
 
+A quantized model (``reference/quantization.py``) adds ``"quantization": {"method":
+"int8-per-channel", "version": 1}`` to ``config.json``; its file then holds, for each linear
+layer of the blocks, an int8 ``weight`` (out, in) and a float32 ``scale`` (out,) beside the
+float ``bias``. :func:`load_checkpoint` rebuilds that structure on the meta device, then loads;
+a method or version it does not know is refused, naming the file.
+
 safetensors holds raw tensors and a JSON header, so loading runs no code (unlike pickle, which
 ``torch.load`` would need). Each file is written atomically (``reference/atomic.py``), so a crash
 mid-save leaves the previous file whole.
@@ -33,6 +39,7 @@ from torch import Tensor
 from .atomic import atomic_path, write_json
 from .console import Notice
 from .model import GPT, GPTConfig
+from .quantization import METHOD, VERSION, Int8Linear, quantization_of, quantize
 from .settings import ValidationError, one_line
 
 CONFIG_NAME = "config.json"
@@ -131,14 +138,14 @@ def save_checkpoint(model: GPT, directory: str | os.PathLike[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v for k, v in model.state_dict().items() if k not in TIED_KEYS}
     save_safetensors(directory / WEIGHTS_NAME, weights)
-    write_json(
-        directory / CONFIG_NAME,
-        {
-            "model_type": MODEL_TYPE,
-            "format_version": FORMAT_VERSION,
-            "config": model.config.model_dump(),
-        },
-    )
+    config: dict[str, Any] = {
+        "model_type": MODEL_TYPE,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.model_dump(),
+    }
+    if (quantization := quantization_of(model)) is not None:
+        config["quantization"] = quantization
+    write_json(directory / CONFIG_NAME, config)
     return directory
 
 
@@ -176,19 +183,51 @@ def read_config(path: str | os.PathLike[str]) -> GPTConfig:
         raise ValueError(one_line(e, GPTConfig, origin=str(path), prefix="config.")) from None
 
 
+def read_quantization(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``quantization`` entry of a checkpoint's ``config.json`` (None for a float model);
+    a method or version this code does not know is a ValueError naming the file."""
+    path = Path(path)
+    raw = read_json(path)
+    found = raw.get("quantization") if isinstance(raw, dict) else None
+    if found is None:
+        return None
+    known = {"method": METHOD, "version": VERSION}
+    if not isinstance(found, dict) or {k: found.get(k) for k in known} != known:
+        raise ValueError(f"{path}: quantization {found!r} is not one this version reads "
+                         f"({known!r})")
+    return known
+
+
 def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> GPT:
-    """The GPT saved in ``directory`` by :func:`save_checkpoint`, on ``device``, in eval mode."""
+    """The GPT saved in ``directory`` by :func:`save_checkpoint`, on ``device``, in eval mode;
+    a quantized one with its int8 layers (weight-only: ``quantize(model, "dynamic")`` switches)."""
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found: not a checkpoint directory")
     config = read_config(directory / CONFIG_NAME)
+    quantized = read_quantization(directory / CONFIG_NAME) is not None
     with torch.device("meta"):
         model = GPT(config)
+        if quantized:
+            quantize(model)  # the structure only: int8 weight and scale buffers
     model = model.to_empty(device=device)
     model.transformer.wte.weight = model.lm_head.weight  # to_empty keeps one tensor per tie
-    load_weights(model, read_safetensors(directory / WEIGHTS_NAME, device=device))
+    state = read_safetensors(directory / WEIGHTS_NAME, device=device)
+    if quantized:
+        _check_int8(model, state, directory / WEIGHTS_NAME)
+    load_weights(model, state)
     return model.eval()
+
+
+def _check_int8(model: GPT, state: Mapping[str, Tensor], path: Path) -> None:
+    """A quantized checkpoint's int8 weights must be int8 in the file (a float one would be
+    cast silently by ``load_state_dict``)."""
+    names = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    wrong = sorted(k for k in names if k in state and state[k].dtype != torch.int8)
+    if wrong:
+        raise ValueError(f"{path}: a quantized checkpoint must hold int8 weights; "
+                         f"{wrong[0]} is {state[wrong[0]].dtype}")
 
 
 def is_complete(checkpoint: Path) -> bool:
