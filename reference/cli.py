@@ -7,6 +7,8 @@ Commands::
     resume    RUN_DIR [section.key=value ...]           continue a run from its last checkpoint
     generate  CHECKPOINT [--prompt TEXT] [--temperature T] [--top-k K] [--top-p P] [--seed S]
               [--max-new-tokens N] [--num-samples N]    text from a trained model
+              [--int8 float|dynamic]                    ... with int8 linear layers
+    quantize  CHECKPOINT OUT_DIR                        an int8 copy of a model checkpoint
 
 With no arguments, ``train`` runs the main job: a small character-level GPT on the built-in
 corpus (Python's own documentation), a few minutes on a laptop CPU, no download; then a sample.
@@ -41,6 +43,8 @@ from .console import (
 )
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .trainer.loop import Trainer
 
 EXAMPLES = """examples:
@@ -48,6 +52,7 @@ EXAMPLES = """examples:
   python -m reference train --config configs/shakespeare_char.yaml train.max_steps=500
   python -m reference resume runs/main train.max_steps=3000
   python -m reference generate runs/main --prompt "def " --temperature 0.7 --seed 1
+  python -m reference quantize runs/main runs/main-int8       # int8 weights, 0.3x the bytes
 """
 
 
@@ -91,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     gen.add_argument("--no-cache", action="store_true",
                      help="run the whole context every step instead of the KV cache (slower)")
+    gen.add_argument("--int8", choices=("float", "dynamic"),
+                     help="quantize the blocks' linear layers to int8 first (reference/"
+                          "quantization.py): float = weight-only, dynamic = int8 activations too")
+    quant = sub.add_parser("quantize", help="write an int8 copy of a model checkpoint")
+    quant.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    quant.add_argument("out", help="a new directory for the quantized checkpoint")
     return parser
 
 
@@ -101,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     debug = debugging(args.debug)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "train": _train, "prepare": _train, "resume": _resume, "generate": _generate}
+        "train": _train, "prepare": _train, "resume": _resume, "generate": _generate,
+        "quantize": _quantize}
     if args.command not in commands:
         _parser().print_help()
         return EXIT_BAD_INPUT
@@ -183,6 +195,10 @@ def _generate(args: argparse.Namespace) -> int:
     from .settings import ValidationError, one_line
 
     loaded = load(args.checkpoint, device=args.device)
+    if args.int8 is not None:
+        from .quantization import quantize
+
+        quantize(loaded.model, args.int8)
     options = {"prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                "seed": args.seed, "num_samples": args.num_samples}
@@ -206,9 +222,44 @@ def _generate(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         print(f"{len(drawn)} tokens in {seconds:.2f} s: {len(drawn) / max(seconds, 1e-9):,.1f} "
               f"tokens/s ({'full context each step' if args.no_cache else 'KV cache'}, "
-              f"{loaded.device})", file=sys.stderr)
+              f"{_precision(loaded.model)}, {loaded.device})", file=sys.stderr)
         return 0
     for i, text in enumerate(sample_text(loaded.model, loaded.tokenizer, settings)):
         print(f"--- sample {i + 1} ---")
         print(text)
     return 0
+
+
+def _precision(model: nn.Module) -> str:
+    from .quantization import Int8Linear
+
+    modes = {m.activations for m in model.modules() if isinstance(m, Int8Linear)}
+    return f"int8 ({', '.join(sorted(modes))} activations)" if modes else "float"
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    """Write ``args.out``: the checkpoint's model with int8 linear layers, and its tokenizer
+    files. A bare model checkpoint: no optimizer or trainer state (it cannot be resumed)."""
+    import shutil
+    from pathlib import Path
+
+    from .checkpoint import find_checkpoint, save_checkpoint
+    from .inference import load
+    from .quantization import linear_weight_bytes, quantize
+    from .tokenizers import META_NAME, TOKENIZER_NAME
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory: choose a new one "
+                              "(nothing is overwritten)")
+    source = find_checkpoint(args.checkpoint)
+    model = load(source).model
+    before = linear_weight_bytes(model)
+    save_checkpoint(quantize(model), out)
+    for name in (META_NAME, TOKENIZER_NAME):
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+    after = linear_weight_bytes(model)
+    print(f"{out}: int8 linear layers from {source} ({before:,} -> {after:,} bytes of "
+          f"linear weights, {after / before:.2f}x)")
+    return EXIT_OK

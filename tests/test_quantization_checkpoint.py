@@ -148,3 +148,33 @@ def test_the_inference_path_loads_a_quantized_run_and_generates(tmp_path: Path) 
         want = generate(saved, prompt, 12, temperature=0.0)
     assert torch.equal(got, want)
     assert len(tokenizer.decode(got[0].tolist())) == len("the cat") + 12
+
+
+def test_the_quantize_command_writes_an_int8_copy_and_refuses_to_overwrite(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m reference quantize SRC OUT``: OUT holds the int8 model (the same greedy
+    tokens as quantizing in memory) and the tokenizer; ``generate --int8`` on the float
+    checkpoint gives those tokens too; an OUT that is not empty is refused in one line."""
+    from reference import cli
+
+    source = tmp_path / "float"
+    save_checkpoint(model(4), source)
+    tokenizer = CharTokenizer(ALPHABET)
+    (source / META_NAME).write_text(json.dumps({"tokenizer": tokenizer.to_dict()}))
+    out = tmp_path / "int8"
+    assert cli.main(["quantize", str(source), str(out)]) == 0
+    assert "0.2" in capsys.readouterr().out  # the ratio of bytes, about 0.26x
+    loaded = load(out)
+    assert isinstance(loaded.model.transformer.h[1].attn.c_attn, Int8Linear)
+    prompt = torch.tensor([tokenizer.encode("the cat")])
+    with torch.no_grad():
+        want = generate(quantize(model(4)), prompt, 10, temperature=0.0)
+        assert torch.equal(generate(loaded.model, prompt, 10, temperature=0.0), want)
+    args = ["generate", str(source), "-p", "the cat", "-n", "10", "-t", "0", "--int8", "float"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == tokenizer.decode(want[0].tolist())
+    assert "int8 (float activations)" in captured.err
+    assert cli.main(["quantize", str(source), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "not an empty directory" in err[0]
