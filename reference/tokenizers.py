@@ -30,6 +30,7 @@ __all__ = [
     "CharTokenizer",
     "SymbolTokenizer",
     "Tokenizer",
+    "from_description",
     "gpt2_tokenizer",
     "load_tokenizer",
 ]
@@ -197,12 +198,21 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{meta_path}: not a JSON file ({e})") from None
     desc = meta.get("tokenizer") if isinstance(meta, dict) else None
+    return from_description(desc, meta_path)
+
+
+def from_description(desc: Any, meta_path: Path) -> Tokenizer:
+    """The tokenizer a ``meta.json`` ``"tokenizer"`` entry describes (files beside it)."""
     kind = desc.get("kind") if isinstance(desc, dict) else None
     if kind == "char":
-        return CharTokenizer.from_dict(desc)  # type: ignore[arg-type]
+        return CharTokenizer.from_dict(desc)
     if kind == "bpe":
-        return BPETokenizer(bpe.Tokenizer.load(meta_path.parent / desc["file"]))  # type: ignore[index]
+        return BPETokenizer(bpe.Tokenizer.load(meta_path.parent / desc["file"]))
     if kind == "symbols":
-        return SymbolTokenizer(int(desc["vocab_size"]))  # type: ignore[index]
-    raise ValueError(f"{meta_path}: 'tokenizer' must describe a char, bpe or symbols tokenizer, "
-                     f"got {desc!r}")
+        return SymbolTokenizer(int(desc["vocab_size"]))
+    if kind == "chat":
+        from .chat import ChatTokenizer  # the chat format builds on this module
+
+        return ChatTokenizer(from_description(desc.get("base"), meta_path))
+    raise ValueError(f"{meta_path}: 'tokenizer' must describe a char, bpe, symbols or chat "
+                     f"tokenizer, got {desc!r}")
