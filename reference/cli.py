@@ -5,6 +5,8 @@ Commands::
     train     [--config FILE] [section.key=value ...]   train, then print a sample
     prepare   [--config FILE] [section.key=value ...]   only tokenize the data
     resume    RUN_DIR [section.key=value ...]           continue a run from its last checkpoint
+    finetune  BASE DATA.jsonl [section.key=value ...]   fine-tune a trained model on conversations
+    task      reverse|add OUT.jsonl [--n N] [--seed S]  write a generated instruction dataset
     generate  CHECKPOINT [--prompt TEXT] [--temperature T] [--top-k K] [--top-p P] [--seed S]
               [--max-new-tokens N] [--num-samples N]    text from a trained model
               [--int8 float|dynamic]                    ... with int8 linear layers
@@ -51,6 +53,7 @@ EXAMPLES = """examples:
   python -m reference train                                   # the main job (CPU, minutes)
   python -m reference train --config configs/shakespeare_char.yaml train.max_steps=500
   python -m reference resume runs/main train.max_steps=3000
+  python -m reference finetune runs/main data.jsonl train.out_dir=runs/chat finetune.lora_r=16
   python -m reference generate runs/main --prompt "def " --temperature 0.7 --seed 1
   python -m reference quantize runs/main runs/main-int8       # int8 weights, 0.3x the bytes
 """
@@ -83,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="e.g. train.max_steps=4000 to train longer")
     resume.add_argument("--no-sample", action="store_true")
+    task = sub.add_parser("task", help="write a generated instruction dataset (JSONL)")
+    task.add_argument("name", choices=("reverse", "add"),
+                      help="reverse: 'reverse: kqzd' -> 'dzqk'; add: 'add: 38+705' -> '743'")
+    task.add_argument("out", help="a new JSONL file")
+    task.add_argument("--n", type=int, default=5000, help="conversations (default 5000)")
+    task.add_argument("--seed", type=int, default=0)
+    tune = sub.add_parser("finetune", help="fine-tune a trained model on conversations (LoRA "
+                          "by default), then answer the held-out ones")
+    tune.add_argument("base", help="the run directory or checkpoint to start from")
+    tune.add_argument("data", help="JSONL: {\"messages\": [...]} or {\"instruction\", "
+                                   "\"input\", \"output\"} per line")
+    tune.add_argument("--config", "-c", help="a YAML config (train, sample, finetune sections)")
+    tune.add_argument("overrides", nargs="*", metavar="section.key=value",
+                      help="e.g. finetune.method=full train.lr=1e-3 (train.out_dir default: "
+                           "runs/finetune)")
+    tune.add_argument("--no-sample", action="store_true")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="replace the run in train.out_dir if there is one")
     gen = sub.add_parser("generate", help="generate text from a checkpoint (streamed)",
                          description="Each option defaults to the run's own sample settings.")
     gen.add_argument("checkpoint", help="a run directory or a checkpoint directory")
@@ -112,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     debug = debugging(args.debug)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "train": _train, "prepare": _train, "resume": _resume, "generate": _generate,
-        "quantize": _quantize}
+        "train": _train, "prepare": _train, "resume": _resume, "finetune": _finetune,
+        "task": _task, "generate": _generate, "quantize": _quantize}
     if args.command not in commands:
         _parser().print_help()
         return EXIT_BAD_INPUT
@@ -157,6 +178,27 @@ def _train(args: argparse.Namespace) -> int:
     return _run(lambda: Trainer(config, overwrite=args.overwrite), args.no_sample)
 
 
+def _task(args: argparse.Namespace) -> int:
+    from .tasks import TASKS, write_jsonl
+
+    if args.n < 2:
+        raise ValueError(f"--n {args.n}: give at least 2 conversations")
+    path = write_jsonl(args.out, TASKS[args.name](args.n, seed=args.seed))
+    print(f"{path}: {args.n} {args.name} conversations (seed {args.seed})")
+    return EXIT_OK
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .trainer.config import load_config
+    from .trainer.loop import Trainer
+
+    overrides = [f"finetune.base={args.base}", f"finetune.data={args.data}", *args.overrides]
+    if not any(o.startswith("train.out_dir=") for o in args.overrides):
+        overrides.insert(0, "train.out_dir=runs/finetune")
+    config = load_config(args.config, overrides)
+    return _run(lambda: Trainer(config, overwrite=args.overwrite), args.no_sample)
+
+
 def _resume(args: argparse.Namespace) -> int:
     from .trainer.loop import Trainer
 
@@ -182,6 +224,9 @@ def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
               f"val loss {result.val_loss:.4f}, {result.seconds:.0f} s, "
               f"{result.tokens_per_s:,.0f} tokens/s, peak memory {result.peak_memory_mb:,.0f} MiB")
         print(f"checkpoint: {result.checkpoint}")
+        if result.exact_match is not None:
+            n = min(trainer.config.finetune.eval_examples, len(trainer.val_tokens))
+            print(f"held-out exact match: {result.exact_match:.1%} of {n} answers (greedy)")
         if sampling:
             for i, text in enumerate(trainer.sample()):
                 print(f"--- sample {i + 1} (seed {trainer.config.sample.seed}) ---")

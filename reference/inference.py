@@ -118,7 +118,13 @@ def _run_sample_settings(directory: Path) -> SampleSettings:
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
     """``prompt``'s ids, the last ``block_size`` of them; an empty prompt starts from the
-    end-of-text token, or is a ValueError for a tokenizer without one."""
+    end-of-text token, or is a ValueError for a tokenizer without one. For a chat tokenizer
+    (``reference/chat.py``) the prompt is the user's turn, rendered as in training and
+    followed by ``<|assistant|>``: the model writes the answer, which ends at ``<|end|>``."""
+    if getattr(tokenizer, "kind", None) == "chat":  # a chat model: the prompt is a user turn
+        from .chat import render
+
+        prompt = render([{"role": "user", "content": prompt}], add_generation_prompt=True)
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:
         if tokenizer.eot_id is None:

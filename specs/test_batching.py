@@ -28,7 +28,7 @@ Contract:
 | admit: first in first out, up to max_batch, into row len(active); a cancelled waiting one leaves without a forward; one done at its first token takes no row | `test_admit_hand_worked_example`, `test_admission_is_first_in_first_out` | hand-worked |
 | retire: a finished or cancelled sequence leaves at once; the others keep their order and move down with their cache rows | `test_retire_hand_worked_example`, `test_a_finished_sequence_leaves_the_batch_at_once` | hand-marked cache rows; a hand-worked schedule, HF's tokens |
 | cancellation between steps: no token after it, its tokens a prefix of its tokens alone, the others exact | `test_cancelling_between_steps_leaves_the_others_exact` | HF loop, each request alone |
-| run_batched: arrivals by step, retire then admit then decode each step, tokens in the order of the requests | `test_run_batched_hand_worked_schedule` | hand-worked |
+| run_batched: arrivals by step (a request arriving at step s is admitted at step s), retire then admit then decode each step, tokens in the order of the requests | `test_run_batched_hand_worked_schedule`, `test_run_batched_admits_an_arrival_at_its_own_step` | hand-worked |
 | the waiting queue is bounded: past max_waiting, QueueFullError naming the limit, the queue unchanged | `test_enqueue_rejects_beyond_the_bound` | the docstring |
 """
 
@@ -513,6 +513,21 @@ def test_run_batched_hand_worked_schedule(impl: Any) -> None:
         f"(input_pos, cache rows) of each forward call: {positions(calls)}"
     )
     assert [calls[0][0], calls[2][0]] == [[[1, 2, 3]], [[4]]]
+    assert got == [list(expected(a)), list(expected(b))], f"tokens {got}"
+
+
+def test_run_batched_admits_an_arrival_at_its_own_step(impl: Any) -> None:
+    """max_batch 2, A (prompt (1, 2, 3), 3 new) at step 0 and B (prompt (4,), 2 new) at step 1:
+    B is prefilled at step 1 (not 2) and decoded beside A in the same step."""
+    from reference.batching import Request
+
+    a, b = Request((1, 2, 3), 3, temperature=0.0), Request((4,), 2, temperature=0.0)
+    with recording(our_model()) as calls:
+        got = impl.run_batched(our_model(), [a, b], 2, arrivals=[0, 1])
+    assert positions(calls) == [([[0, 1, 2]], 1), ([[3]], 1), ([[0]], 1), ([[4], [1]], 2)], (
+        f"(input_pos, cache rows) of each forward call: {positions(calls)}; a request that "
+        "arrives at step s joins the queue at step s"
+    )
     assert got == [list(expected(a)), list(expected(b))], f"tokens {got}"
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,12 +136,14 @@ def save_training_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     keep: int = 2,
     last_eval: dict[str, float] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a complete checkpoint of step ``step`` under ``run_dir/checkpoints``; return it.
 
     ``torch_rng`` lists every rank's torch RNG state (default: this process's). Keeps the
     ``keep`` newest checkpoints (by step number) and deletes older ones, after the new one is
-    complete and ``latest`` names it.
+    complete and ``latest`` names it. ``extra(directory)`` writes more files into the checkpoint
+    before it is complete (a fine-tuning run's adapter).
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -167,6 +169,8 @@ def save_training_checkpoint(
             "config": config,
             "last_eval": last_eval or {},
         })
+        if extra is not None:
+            extra(tmp)
     atomic_write_text(root / LATEST_NAME, final.name + "\n")
     _prune(root, keep)
     return final

@@ -8,6 +8,7 @@ built-in corpus, a few minutes on two CPU cores)::
     data:    source (builtin | shakespeare | text | jsonl | hf | markov), path, tokenizer...
     train:   device, dtype, batch_size, grad_accum, max_steps, lr, warmup_steps...
     sample:  SampleSettings: prompt, max_new_tokens, temperature, top_k, top_p, seed
+    finetune: base, data, method (lora | full), lora_r, lora_alpha... (off unless base is set)
 
 The sections are pydantic models (``reference.settings``): the model section *is* the model's
 own config class, and the sample section is the inference path's. A YAML file gives any subset,
@@ -164,13 +165,70 @@ class TrainSection(Settings):
         return self.checkpoint_interval or self.eval_interval
 
 
+LORA_TARGETS = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]  # GPT-2's linears
+
+
+class FinetuneSection(Settings):
+    """Fine-tuning a trained model on conversations (``reference/trainer/sft.py``); off while
+    ``base`` is None. The model's shape and tokenizer come from ``base``, the examples from
+    ``data``, so the ``data`` section is not used and the ``model`` section may only change
+    ``dropout``."""
+
+    base: str | None = None  # a run directory or checkpoint: the model to start from
+    data: str | None = None  # JSONL: {"messages": [...]} or Alpaca {"instruction", "output"}
+    val_fraction: Fraction = 0.1  # held-out conversations (at least one)
+    method: Literal["lora", "full"] = "lora"
+    lora_r: PositiveInt = 8
+    lora_alpha: PositiveFloat = 16.0
+    lora_dropout: Annotated[NonNegativeFloat, Field(lt=1)] = 0.0
+    lora_targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+    rslora: Bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+    eval_examples: NonNegativeInt = 200  # held-out answers generated at the end (exact match)
+    base_sha256: str | None = None  # recorded when the run starts: resume checks the base
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneSection:
+        fields = type(self).model_fields
+        changed = [n for n in fields if n not in ("base", "base_sha256")
+                   and getattr(self, n) != fields[n].get_default(call_default_factory=True)]
+        if self.base is None:
+            if changed:
+                raise ValueError(f"finetune.{changed[0]} is set but finetune.base is not: name "
+                                 "the model to fine-tune (finetune.base=RUN_DIR)")
+            return self
+        if not self.data:
+            raise ValueError("finetune.base is set but finetune.data is not: name the JSONL "
+                             "file of conversations to fine-tune on")
+        lora_only = [n for n in changed if n.startswith("lora_") or n == "rslora"]
+        if self.method == "full" and lora_only:
+            raise ValueError(f"finetune.{lora_only[0]} is not used with finetune.method=full: "
+                             "remove it, or use finetune.method=lora")
+        if not self.lora_targets:
+            raise ValueError("finetune.lora_targets is empty: name at least one module pattern")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.base is not None
+
+
 class Config(Settings):
-    """A whole run: ``model``, ``data``, ``train`` and ``sample`` sections."""
+    """A whole run: ``model``, ``data``, ``train``, ``sample`` and ``finetune`` sections."""
 
     model: GPTConfig = MAIN_JOB_MODEL
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
     sample: SampleSettings = SampleSettings()
+    finetune: FinetuneSection = FinetuneSection()
+
+    @model_validator(mode="after")
+    def _finetune_reads_no_data_section(self) -> Config:
+        if self.finetune.enabled and self.data != DataSection():
+            changed = [k for k, v in self.data.model_dump().items()
+                       if v != DataSection.model_fields[k].default]
+            raise ValueError(f"data.{changed[0]} is not used when fine-tuning: finetune.data "
+                             "names the examples and finetune.base the tokenizer")
+        return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return self.model_dump()

@@ -67,6 +67,16 @@ from .distributed import (
 from .monitor import Monitor
 from .optim import cosine_lr, make_optimizer
 from .rundir import RunDirectoryError, claim, run_directory_of
+from .sft import (
+    SFTData,
+    exact_match,
+    finetune_config,
+    finetune_model,
+    load_finetune_weights,
+    prepare_sft,
+    save_adapter_files,
+    sft_batches,
+)
 from .step import NonFiniteLoss, cross_entropy, train_step
 
 
@@ -85,6 +95,7 @@ class TrainResult:
     seconds: float  # wall-clock of fit(), evaluation and checkpoints included
     tokens_per_s: float  # training throughput, evaluation excluded
     peak_memory_mb: float  # CUDA: peak allocated; CPU: peak resident set of the process
+    exact_match: float | None = None  # fine-tuning: held-out answers written exactly (0..1)
 
 
 def data_dir(config: Config) -> Path:
@@ -161,21 +172,31 @@ class Trainer:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed + self.dist.rank)  # dropout differs between ranks
 
-        if self.dist.is_main:  # one process tokenizes; the others wait, then read it
-            self.data = prepare_data(config, progress=self.progress)
-        barrier(self.dist)
-        if not self.dist.is_main:
-            self.data = load_token_data(data_dir(config))
+        self.data: TokenData | SFTData
+        if config.finetune.enabled:  # conversations, the base's tokenizer + the chat tokens
+            config = finetune_config(config, resuming=resuming)
+            self.data = prepare_sft(config, write=self.dist.is_main)
+            barrier(self.dist)
+        else:
+            if self.dist.is_main:  # one process tokenizes; the others wait, then read it
+                self.data = prepare_data(config, progress=self.progress)
+            barrier(self.dist)
+            if not self.dist.is_main:
+                self.data = load_token_data(data_dir(config))
         self.config = config = config.with_vocab_size(self.data.vocab_size)
-        self.train_tokens = self.data.split("train")
-        self.val_tokens = self.data.split("val")
+        self.train_tokens: Any = self.data.split("train")
+        self.val_tokens: Any = self.data.split("val")
         block = config.model.block_size
         for name, tokens in (("train", self.train_tokens), ("validation", self.val_tokens)):
-            if len(tokens) <= block:
+            if isinstance(self.data, TokenData) and len(tokens) <= block:
                 raise ValueError(f"the {name} split has {len(tokens)} tokens, too few for "
                                  f"model.block_size={block}")
 
-        self.model = GPT(config.model).to(self.device)
+        if isinstance(self.data, SFTData):
+            model, self.base_vocab_size = finetune_model(config, self.data.vocab_size)
+            self.model = model.to(self.device)
+        else:
+            self.model = GPT(config.model).to(self.device)
         self.model.set_activation_checkpointing(t.activation_checkpointing)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(device_type, enabled=t.dtype == "float16")
@@ -204,6 +225,10 @@ class Trainer:
                          decay_steps=t.total_decay_steps)
 
     def batch(self, tokens: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.data, SFTData):  # whole conversations, right padded
+            return sft_batches(tokens, self.config.train.batch_size, generator=generator,
+                               device=self.device, pad_id=0, rank=self.dist.rank,
+                               world_size=self.dist.world_size)
         return get_batch(tokens, self.config.model.block_size, self.config.train.batch_size,
                          generator=generator, device=self.device, rank=self.dist.rank,
                          world_size=self.dist.world_size)
@@ -267,13 +292,26 @@ class Trainer:
         return path
 
     def _save_checkpoint(self, ranks: list[Any]) -> Path:
+        finetuning = isinstance(self.data, SFTData)
         return save_training_checkpoint(
-            self.config.train.out_dir, model=self.model, optimizer=self.optimizer,
+            self.config.train.out_dir, model=self.export_model(), optimizer=self.optimizer,
+            extra=(lambda tmp: save_adapter_files(self, tmp)) if finetuning else None,
             step=self.step, config=self.config.to_dict(), data_dir=self.data.directory,
             batch_rng=self.batch_generator.get_state(), torch_rng=ranks,
             scaler=self.scaler if self.scaler.is_enabled() else None,
             keep=self.config.train.keep_checkpoints, last_eval=self.last_eval,
         )
+
+    def export_model(self) -> GPT:
+        """The model as a plain GPT (what a checkpoint holds): for a LoRA run, a copy with the
+        adapters merged into the weights; otherwise the model itself."""
+        from ..lora import LoRALinear, unwrap_lora
+
+        if not any(isinstance(m, LoRALinear) for m in self.model.modules()):
+            return self.model
+        copy = GPT(self.model.config).to(self.device)
+        copy.load_state_dict(unwrap_lora(_detached_copy(self.model)).state_dict())
+        return copy
 
     # ------------------------------------------------------------------ resume
 
@@ -307,8 +345,11 @@ class Trainer:
             if saved.get("tokenizer") != trainer.data.meta.get("tokenizer"):
                 raise ValueError(f"the data in {trainer.data.directory} is tokenized differently "
                                  f"from the checkpoint {directory}")
-        load_weights(trainer.model, read_safetensors(directory / WEIGHTS_NAME,
-                                                     device=trainer.device))
+        if isinstance(trainer.data, SFTData):
+            load_finetune_weights(trainer, directory)
+        else:
+            load_weights(trainer.model, read_safetensors(directory / WEIGHTS_NAME,
+                                                         device=trainer.device))
         trainer.optimizer.load_state_dict(state.optimizer)
         if state.scaler and trainer.scaler.is_enabled():
             trainer.scaler.load_state_dict(state.scaler)
@@ -336,10 +377,7 @@ class Trainer:
                           progress=self.progress, tensorboard=t.tensorboard,
                           enabled=self.dist.is_main)
         if self.step == 0 and self.dist.is_main:
-            n = self.model.num_parameters()
-            monitor.message(f"training a {n / 1e6:.2f}M-parameter GPT on {self.device} "
-                            f"({self.data.meta['n_tokens']:,} tokens, vocabulary "
-                            f"{self.data.vocab_size}, {self.dist.world_size} process(es))")
+            monitor.message(self._describe())
         start = time.perf_counter()
         train_seconds, window_seconds, window_steps, steps_done = 0.0, 0.0, 0, 0
         try:
@@ -376,11 +414,47 @@ class Trainer:
             monitor.close(plot=t.plot)
             self.release()
         speed = steps_done * self.tokens_per_step / train_seconds if train_seconds else math.nan
+        accuracy = self.held_out_exact_match() if self.dist.is_main else None
         return TrainResult(
             step=self.step, train_loss=self.last_eval["train"], val_loss=self.last_eval["val"],
             checkpoint=self.last_checkpoint, seconds=time.perf_counter() - start,
-            tokens_per_s=speed, peak_memory_mb=peak_memory_mb(self.device),
+            tokens_per_s=speed, peak_memory_mb=peak_memory_mb(self.device), exact_match=accuracy,
         )
+
+    def _describe(self) -> str:
+        """The run's first line: what trains, on what, where."""
+        where = f"{self.device}, {self.dist.world_size} process(es)"
+        if not isinstance(self.data, SFTData):
+            n = self.model.num_parameters()
+            return (f"training a {n / 1e6:.2f}M-parameter GPT on {where} "
+                    f"({self.data.meta['n_tokens']:,} tokens, vocabulary {self.data.vocab_size})")
+        ft = self.config.finetune
+        params = {id(p): p for p in self.model.parameters()}.values()
+        total = sum(p.numel() for p in params)
+        wte = self.model.transformer.wte.weight
+        trainable = sum(p.numel() for p in params if p.requires_grad and p is not wte)
+        if wte.requires_grad:  # LoRA: only the new rows change (see reference/trainer/sft.py)
+            rows = wte.size(0) if ft.method == "full" else wte.size(0) - self.base_vocab_size
+            trainable += rows * wte.size(1)
+        how = (f"LoRA r={ft.lora_r} alpha={ft.lora_alpha:g} on {', '.join(ft.lora_targets)}, "
+               f"the {self.data.vocab_size - self.base_vocab_size} chat tokens' embedding rows"
+               if ft.method == "lora" else "every weight")
+        return (f"fine-tuning {ft.base} on {where}: {self.data.meta['n_train']:,} conversations "
+                f"({self.data.meta['n_val']:,} held out); training {how}: {trainable:,} of "
+                f"{total:,} parameters ({trainable / total:.2%})")
+
+    def held_out_exact_match(self) -> float | None:
+        """Fine-tuning: the exact-match accuracy of greedy answers to the first
+        ``finetune.eval_examples`` held-out conversations (None when not fine-tuning)."""
+        n = self.config.finetune.eval_examples
+        if not isinstance(self.data, SFTData) or n == 0:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return exact_match(self.model, self.data.chat, self.data.val_conversations[:n])
+        finally:
+            self.model.train(was_training)
 
     def release(self) -> None:
         """Let go of the run directory (done when :meth:`fit` ends, however it ends)."""
@@ -411,3 +485,14 @@ class Trainer:
             return sample_text(self.model, self.data.tokenizer(), settings)
         finally:
             self.model.train(was_training)
+
+
+
+def _detached_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters are fresh copies, without gradient hooks
+    (a tied parameter stays tied: the memo maps it once)."""
+    import copy
+
+    memo: dict[int, Any] = {id(p): nn.Parameter(p.detach().clone(), p.requires_grad)
+                            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
