@@ -23,18 +23,18 @@ AdamW = torch.optim.AdamW  # the reference trains with torch's fused/foreach imp
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: Linear weights decayed, everything else (biases, norms, embeddings) not.
+    """Two AdamW groups, nanoGPT's rule: every trainable matrix (2-D or more: the Linear
+    weights, LoRA's A and B) decayed, everything else (biases, norms, embeddings) not.
 
+    Frozen parameters (``requires_grad`` False, e.g. a LoRA run's base weights) are left out.
     Each trainable parameter appears once, even when tied (``named_parameters`` deduplicates).
     """
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    decay_ids = linear_ids - embedding_ids
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if id(p) in decay_ids else no_decay).append(p)
+            (decay if p.dim() >= 2 and id(p) not in embedding_ids else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
