@@ -130,7 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list == ["--debug"]:
         args_list = [*args_list, "train"]
-    args = _parser().parse_args(args_list)
+    parser = _parser()
+    args, extra = parser.parse_known_args(args_list)
+    # argparse takes the overrides only before the first flag: gather those given after one
+    if extra and hasattr(args, "overrides") and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = debugging(args.debug)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "train": _train, "prepare": _train, "resume": _resume, "finetune": _finetune,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .atomic import atomic_open
 
-__all__ = ["TASKS", "add", "reverse", "write_jsonl"]
+__all__ = ["TASKS", "add", "reverse", "reverse_preferences", "write_jsonl"]
 
 Conversation = list[dict[str, str]]
 
@@ -58,6 +58,32 @@ def add(n: int, *, seed: int = 0, max_digits: int = 3) -> list[Conversation]:
     for _ in range(n):
         a, b = (rng.randrange(10 ** rng.randint(1, max_digits)) for _ in range(2))
         out.append(_turns(f"add: {a}+{b}", str(a + b)))
+    return out
+
+
+def reverse_preferences(n: int, *, seed: int = 0, min_len: int = 3,
+                        max_len: int = 7) -> list[dict[str, object]]:
+    """``n`` preference pairs for DPO, ``{"prompt": [user turn], "chosen": the reversed word,
+    "rejected": a near miss}``: the word itself, or its reversal with two letters swapped.
+
+        >>> reverse_preferences(1, seed=0)[0]
+        {'prompt': [{'role': 'user', 'content': 'reverse: tkgnku'}], 'chosen': 'ukngkt', \
+'rejected': 'tkgnku'}
+    """
+    rng = random.Random(seed)
+    out: list[dict[str, object]] = []
+    for messages in reverse(n, seed=seed, min_len=min_len, max_len=max_len):
+        word = messages[0]["content"].removeprefix("reverse: ")
+        chosen = word[::-1]
+        rejected = word
+        if rejected == chosen or rng.random() < 0.5:
+            letters = list(chosen)
+            i = rng.randrange(len(letters) - 1)
+            letters[i], letters[i + 1] = letters[i + 1], letters[i]
+            rejected = "".join(letters)
+            if rejected == chosen:  # two equal letters: change one instead
+                rejected = chosen[:i] + ("a" if chosen[i] != "a" else "b") + chosen[i + 1:]
+        out.append({"prompt": messages[:1], "chosen": chosen, "rejected": rejected})
     return out
 
 
