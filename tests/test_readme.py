@@ -1,9 +1,10 @@
 """The README's commands, run in the order shown, leave every run usable.
 
 The commands are read from the README itself (between its ``main-command`` and ``usage-commands``
-markers) and run in a fresh working directory as a new user would, with two changes that keep
+markers) and run in a fresh working directory as a new user would, with changes that keep
 the test fast and offline: every ``train`` gets a tiny model and a few steps appended (later
-settings win), and ``resume``'s ``train.max_steps`` is cut to a few more steps. Tiny Shakespeare
+settings win), ``resume``'s ``train.max_steps`` is cut to a few more steps, and ``task`` and
+``finetune`` get a small dataset and a few steps. Tiny Shakespeare
 comes from the shared test data (never the network). Afterwards every run directory the
 commands made still loads and generates, and each holds only its own run.
 """
@@ -32,6 +33,11 @@ TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_siz
         "train.batch_size=4", "train.max_steps=4", "train.warmup_steps=1",
         "train.eval_interval=2", "train.eval_steps=1", "train.tensorboard=false",
         "train.threads=1", "sample.max_new_tokens=20"]
+
+
+FINETUNE = ["train.max_steps=4", "train.warmup_steps=1", "train.batch_size=4",
+            "train.eval_interval=2", "train.eval_steps=1", "train.threads=1",
+            "train.tensorboard=false", "finetune.eval_examples=4", "sample.max_new_tokens=10"]
 
 
 def readme_commands() -> list[str]:
@@ -68,6 +74,10 @@ def runnable(command: str) -> list[str]:
         words += TINY
     if command_word == "resume":
         words = [re.sub(r"^train\.max_steps=\d+$", "train.max_steps=6", w) for w in words]
+    if command_word == "finetune":
+        words += FINETUNE
+    if command_word == "task":
+        words += ["--n", "60"]
     return words
 
 
@@ -88,7 +98,7 @@ def test_the_readme_commands_in_order_leave_every_run_usable(
         assert "Traceback" not in result.stderr, command
 
     runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
-    assert [p.name for p in runs] == ["ddp", "main", "shakespeare_char_fast",
+    assert [p.name for p in runs] == ["ddp", "main", "reverse", "shakespeare_char_fast",
                                       "shakespeare_local", "six_layers"]
     for run in runs:
         generate = [sys.executable, "-m", "reference", "generate", str(run), "-n", "5"]
