@@ -95,6 +95,8 @@ class ChatTokenizer:
         return self.special_ids[END]
 
     def encode(self, text: str) -> list[int]:
+        """The ids of ``text``: each special string is its one id; the text between them is
+        encoded by the base tokenizer, piece by piece."""
         ids: list[int] = []
         for n, piece in enumerate(self._split.split(text)):
             if n % 2:  # split() with one group: odd pieces are the special tokens
@@ -104,6 +106,8 @@ class ChatTokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids`` (a list, an array or a tensor); bytes that do not form a whole
+        UTF-8 character become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:

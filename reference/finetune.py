@@ -38,20 +38,64 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .chat import ChatTokenizer, Message, encode_chat, validate
+# The chat format, re-exported: the fine-tuning chapter covers both (``reference.finetune`` is
+# the component's library module).
+from .chat import SPECIALS, ChatTokenizer, Message, encode_chat, render, validate
 
-__all__ = ["dpo_loss", "read_conversations", "sequence_logprob", "sft_batch", "sft_targets",
+__all__ = ["SPECIALS", "ChatTokenizer", "check_dpo_inputs", "check_example", "check_logprob_inputs",
+           "check_sft_batch", "dpo_loss", "encode_chat", "encode_conversations",
+           "read_conversations", "render", "sequence_logprob", "sft_batch", "sft_targets",
            "to_messages"]
+
+IGNORE = -1  # the target of a position that carries no loss (the model's ignore_index)
+
+
+# ---------------------------------------------------------------- checks at the edges
+
+
+def check_example(ids: Sequence[int], learn: Sequence[bool]) -> None:
+    """Raise ValueError unless ``ids`` has at least 2 ids and ``learn`` one flag per id."""
+    if len(ids) != len(learn) or len(ids) < 2:
+        raise ValueError(f"an example needs at least 2 ids and one learn flag per id, got "
+                         f"{len(ids)} ids and {len(learn)} flags")
+
+
+def check_sft_batch(examples: Sequence[tuple[Sequence[int], Sequence[bool]]], pad_id: int) -> None:
+    """Raise ValueError for an empty batch or a negative ``pad_id``."""
+    if not examples:
+        raise ValueError("a batch needs at least one example, got none")
+    if pad_id < 0:
+        raise ValueError(f"pad_id must be a token id >= 0, got {pad_id}")
+
+
+def check_logprob_inputs(logits: Tensor, targets: Tensor) -> None:
+    """Raise ValueError unless ``logits`` is float (B, T, V) and ``targets`` integer (B, T)."""
+    if logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"logits must be float (B, T, V), got {tuple(logits.shape)} "
+                         f"{logits.dtype}")
+    if targets.shape != logits.shape[:2] or targets.is_floating_point():
+        raise ValueError(f"targets must be integer ids of shape {tuple(logits.shape[:2])} "
+                         f"(the logits' B, T), got {tuple(targets.shape)} {targets.dtype}")
+
+
+def check_dpo_inputs(beta: float, *logps: Tensor) -> None:
+    """Raise ValueError unless ``beta`` > 0 and the four log-probabilities are (B,) alike."""
+    if not beta > 0 or beta == float("inf"):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    shapes = [tuple(t.shape) for t in logps]
+    if len(shapes[0]) != 1 or len(set(shapes)) != 1:
+        raise ValueError(f"the four sequence log-probabilities must all be (B,), got {shapes}")
+
+
+# ---------------------------------------------------------------- SFT and DPO
 
 
 def sft_targets(ids: Sequence[int], learn: Sequence[bool]) -> tuple[list[int], list[int]]:
     """The inputs and targets of one example: ``ids[:-1]`` and ``ids[1:]`` with ``-1`` where
     the next token is not one to learn (``learn[t + 1]`` is False)."""
-    if len(ids) != len(learn) or len(ids) < 2:
-        raise ValueError(f"an example needs at least 2 ids and one learn flag per id, got "
-                         f"{len(ids)} ids and {len(learn)} flags")
+    check_example(ids, learn)
     x = list(ids[:-1])
-    y = [token if keep else -1 for token, keep in zip(ids[1:], learn[1:], strict=True)]
+    y = [token if keep else IGNORE for token, keep in zip(ids[1:], learn[1:], strict=True)]
     return x, y
 
 
@@ -59,10 +103,11 @@ def sft_batch(examples: Sequence[tuple[Sequence[int], Sequence[bool]]], *, pad_i
               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Right-padded inputs and targets (B, T) of ``examples`` ((ids, learn) pairs), T the
     longest example's length - 1; padding gets ``pad_id`` as input and ``-1`` as target."""
+    check_sft_batch(examples, pad_id)
     pairs = [sft_targets(ids, learn) for ids, learn in examples]
     T = max(len(x) for x, _ in pairs)
     x = torch.full((len(pairs), T), pad_id, dtype=torch.long)
-    y = torch.full((len(pairs), T), -1, dtype=torch.long)
+    y = torch.full((len(pairs), T), IGNORE, dtype=torch.long)
     for b, (xs, ys) in enumerate(pairs):
         x[b, : len(xs)] = torch.tensor(xs)
         y[b, : len(ys)] = torch.tensor(ys)
@@ -71,11 +116,14 @@ def sft_batch(examples: Sequence[tuple[Sequence[int], Sequence[bool]]], *, pad_i
 
 def sequence_logprob(logits: Tensor, targets: Tensor) -> Tensor:
     """The sum over each row of ``log p(target)`` where ``targets`` (B, T) is not ``-1``:
-    logits (B, T, V) -> (B,), computed in float32 at least."""
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    keep = targets != -1
+    logits (B, T, V) -> (B,), in float32 (float64 stays float64). An ignored position adds
+    exactly 0, even where its logits hold ``-inf``."""
+    check_logprob_inputs(logits, targets)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logp = F.log_softmax(logits.to(dtype), dim=-1)  # (B, T, V)
+    keep = targets != IGNORE
     picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (B, T)
-    return (picked * keep).sum(dim=-1)
+    return picked.masked_fill(~keep, 0.0).sum(dim=-1)  # not picked * keep: -inf * 0 is NaN
 
 
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor,
@@ -90,9 +138,9 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: T
         >>> round(float(loss), 4)  # -log(sigmoid(2))
         0.1269
     """
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    check_dpo_inputs(beta, policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    ref_chosen, ref_rejected = reference_chosen.detach(), reference_rejected.detach()  # frozen
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     return -F.logsigmoid(beta * margin).mean()
 
 
