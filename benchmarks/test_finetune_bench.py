@@ -12,9 +12,9 @@ full fine-tuning (the peer), then DPO on preference pairs.
   and after, the trainable fraction, the child's peak resident memory, the adapter file's size
   against the checkpoint's. **Goal: >= 90% exact match after LoRA in under 10 minutes on 2 CPU
   cores, from near 0.**
-* ``dpo``: from the LoRA run, DPO on generated pairs (chosen: the reversal; rejected: the word
-  as given, or the reversal with two letters swapped), the held-out preference accuracy and the
-  exact match before and after.
+* ``dpo``: from a short LoRA run (300 steps), DPO on generated pairs (chosen: the reversal;
+  rejected: the word as given, or the reversal with two letters swapped), the held-out
+  preference accuracy and the exact match before and after.
 
     pytest benchmarks/test_finetune_bench.py -s
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -38,7 +37,13 @@ from reference.checkpoint import find_checkpoint
 from reference.inference import load
 from reference.tasks import reverse_preferences
 from reference.trainer.config import load_config
-from reference.trainer.dpo import Pair, encode_pairs, preference_accuracy, train_dpo
+from reference.trainer.dpo import (
+    Pair,
+    encode_pairs,
+    preference_accuracy,
+    preference_margin,
+    train_dpo,
+)
 from reference.trainer.sft import exact_match, finetune_model, prepare_sft
 
 pytestmark = pytest.mark.finetune
@@ -80,6 +85,11 @@ def data() -> Path:
     return path
 
 
+def _load() -> str:
+    """The machine's load average (1, 5, 15 min): these runs share a 2-core machine."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def _before(base: Path, data: Path) -> float:
     """Held-out exact match of the base with the chat tokens added (no training)."""
     config = load_config(overrides=[f"finetune.base={base}", f"finetune.data={data}",
@@ -101,11 +111,9 @@ def test_finetune_reverse(benchmark: Any, base: Path, data: Path, method: str) -
     out: dict[str, Any] = {}
 
     def once() -> None:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
         out["result"] = _python(*args)
         out["seconds"] = time.perf_counter() - start
-        out["rss"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
     benchmark.group = "finetune reverse (2 CPU threads)"
     benchmark.extra_info.update(impl=method, peer=method == "full", device=device_name("cpu"))
@@ -113,48 +121,51 @@ def test_finetune_reverse(benchmark: Any, base: Path, data: Path, method: str) -
     text = out["result"].stdout + out["result"].stderr
     accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", text)[1])  # type: ignore[index]
     fraction = re.search(r"parameters \(([\d.]+)%\)", text)[1]  # type: ignore[index]
+    rss = re.search(r"peak memory ([\d,]+) MiB", text)[1]  # type: ignore[index]  # the child's
     checkpoint = find_checkpoint(run)
     adapter = checkpoint / "adapter.safetensors"
     benchmark.extra_info.update(
         exact_match_before=f"{_before(base, data):.1%}", exact_match_after=f"{accuracy}%",
         trainable=f"{fraction}%", seconds=round(out["seconds"], 1),
-        peak_rss_mib=round(out["rss"] / 1024), steps=SETTINGS[method][-1],
+        peak_rss_mib=rss, steps=SETTINGS[method][-1], load=_load(),
         checkpoint_kib=round((checkpoint / "model.safetensors").stat().st_size / 1024),
         adapter_kib=round(adapter.stat().st_size / 1024) if adapter.exists() else None)
     print(f"\n{method}: {benchmark.extra_info}")
 
 
 def test_dpo_reverse(benchmark: Any, base: Path, data: Path) -> None:
-    """DPO from the LoRA run (run ``test_finetune_reverse[lora]`` first)."""
-    run = WORK / "lora"
+    """DPO from a short LoRA SFT run (300 steps: the model reverses some words, not all), with
+    the SFT adapters merged and fresh LoRA adapters trained by DPO against the SFT model."""
+    run = WORK / "lora-short"
     if not (run / "checkpoints" / "latest").is_file():
-        pytest.skip("run test_finetune_reverse[lora] first")
+        _python("finetune", str(base), str(data), f"train.out_dir={run}", "--overwrite",
+                "--no-sample", *QUIET, *COMMON, *SETTINGS["lora"][:-1], "train.max_steps=300")
     torch.set_num_threads(2)
     loaded = load(run)
     model, chat = loaded.model, loaded.tokenizer
     from reference.chat import ChatTokenizer
-
-    assert isinstance(chat, ChatTokenizer)
     from reference.lora import apply_lora
 
+    assert isinstance(chat, ChatTokenizer)
     apply_lora(model, r=8, alpha=16)
     block = model.config.block_size + 1
 
     def pairs(seed: int, n: int) -> list[Any]:
+        records = reverse_preferences(n, seed=seed)
         return encode_pairs(chat, [Pair(tuple(r["prompt"]), str(r["chosen"]),  # type: ignore[arg-type]
-                                        str(r["rejected"]))
-                                   for r in reverse_preferences(n, seed=seed)], block)
+                                        str(r["rejected"])) for r in records], block)
 
     train, held_out = pairs(10, 2000), pairs(11, 200)
     held_conversations = [[*r["prompt"], {"role": "assistant", "content": r["chosen"]}]  # type: ignore[list-item]
                           for r in reverse_preferences(200, seed=11)]
     model.eval()
     before = preference_accuracy(model, held_out)
+    margin_before = preference_margin(model, held_out)
     match_before = exact_match(model, chat, held_conversations)
     result: dict[str, Any] = {}
 
     def once() -> None:
-        result["dpo"] = train_dpo(model, train, steps=200, beta=0.1, lr=1e-3, batch_size=32)
+        result["dpo"] = train_dpo(model, train, steps=200, beta=0.1, lr=2e-3, batch_size=32)
 
     benchmark.group = "dpo reverse (2 CPU threads)"
     benchmark.extra_info.update(impl="reference", peer=True, device=device_name("cpu"))
@@ -163,8 +174,31 @@ def test_dpo_reverse(benchmark: Any, base: Path, data: Path) -> None:
     benchmark.extra_info.update(
         preference_accuracy_before=f"{before:.1%}",
         preference_accuracy_after=f"{preference_accuracy(model, held_out):.1%}",
+        margin_before=round(margin_before, 2),
+        margin_after=round(preference_margin(model, held_out), 2),
         exact_match_before=f"{match_before:.1%}",
         exact_match_after=f"{exact_match(model, chat, held_conversations):.1%}",
         loss_first=round(result["dpo"].losses[0], 4),
-        loss_last10=round(sum(result["dpo"].losses[-10:]) / 10, 4))
+        loss_last10=round(sum(result["dpo"].losses[-10:]) / 10, 4), load=_load())
     print(f"\ndpo: {benchmark.extra_info}")
+
+
+@pytest.mark.parametrize("who", ["reference", "hf apply_chat_template"])
+def test_chat_encoding(benchmark: Any, shared_data: Path, who: str) -> None:
+    """Encoding 500 three-turn conversations with the loss mask on GPT-2's BPE: the library's
+    ``encode_chat`` vs Hugging Face's ``apply_chat_template(return_assistant_tokens_mask=True)``
+    with the same template (the peer; built offline as the spec builds it)."""
+    from reference.chat import ChatTokenizer, encode_chat
+    from reference.tasks import reverse
+    from specs.test_finetune import gpt2_pair, hf_ids_and_mask
+
+    hf, base = gpt2_pair(str(shared_data / "gpt2" / "gpt2.tiktoken"))
+    chat = ChatTokenizer(base)
+    conversations = [[{"role": "system", "content": "You reverse words, nothing else."}, *c]
+                     for c in reverse(500, seed=3)]
+    encode = (lambda c: encode_chat(chat, c)) if who == "reference" else (
+        lambda c: hf_ids_and_mask(hf, c))
+    assert encode(conversations[0]) == hf_ids_and_mask(hf, conversations[0])
+    benchmark.group = "chat encoding, 500 conversations, GPT-2 BPE"
+    benchmark.extra_info.update(impl=who, peer=who != "reference")
+    benchmark(lambda: [encode(c) for c in conversations])

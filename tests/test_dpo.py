@@ -16,7 +16,13 @@ from reference.chat import ChatTokenizer
 from reference.model import GPT, GPTConfig
 from reference.tasks import reverse_preferences
 from reference.tokenizers import CharTokenizer
-from reference.trainer.dpo import Pair, encode_pairs, preference_accuracy, train_dpo
+from reference.trainer.dpo import (
+    Pair,
+    encode_pairs,
+    preference_accuracy,
+    preference_margin,
+    train_dpo,
+)
 
 pytestmark = pytest.mark.finetune
 
@@ -37,6 +43,7 @@ def test_dpo_keeps_the_reference_frozen_and_shifts_the_preference() -> None:
     train = encode_pairs(CHAT, pairs(64, seed=1), max_len=33)
     held_out = encode_pairs(CHAT, pairs(64, seed=2), max_len=33)
     before = preference_accuracy(policy, held_out)
+    margin = preference_margin(policy, held_out)
     start = {k: v.clone() for k, v in policy.state_dict().items()}
     result = train_dpo(policy, train, steps=40, beta=0.5, lr=3e-3, batch_size=16)
     assert result.losses[0] == pytest.approx(math.log(2), abs=1e-6), "policy = reference at start"
@@ -47,6 +54,7 @@ def test_dpo_keeps_the_reference_frozen_and_shifts_the_preference() -> None:
     after = preference_accuracy(policy, held_out)
     assert after > max(before, 0.75), f"held-out preference accuracy {before:.2f} -> {after:.2f}"
     assert sum(result.losses[-5:]) / 5 < math.log(2) - 0.1
+    assert preference_margin(policy, held_out) > margin + 1.0
 
 
 def test_encode_pairs_refuses_a_pair_too_long() -> None:

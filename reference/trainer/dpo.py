@@ -9,7 +9,8 @@ probabilities are computed under ``torch.no_grad``.
 Progress is measured on held-out pairs by the implicit reward margin
 ``β [(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))]`` and the *preference
 accuracy*: the fraction of pairs whose policy log-probability of the chosen answer exceeds the
-rejected one's (:func:`preference_accuracy`).
+rejected one's (:func:`preference_accuracy`), and the mean log-probability margin between them
+(:func:`preference_margin`).
 
 The loop is deliberately small (AdamW, a constant learning rate after a short warm-up, gradient
 clipping): the pre-training and SFT trainer (``reference/trainer/loop.py``) samples token
@@ -29,7 +30,8 @@ from ..chat import ChatTokenizer, Message, encode_chat
 from ..finetune import dpo_loss, sequence_logprob, sft_batch
 from ..model import GPT
 
-__all__ = ["DPOResult", "Pair", "encode_pairs", "preference_accuracy", "train_dpo"]
+__all__ = ["DPOResult", "Pair", "encode_pairs", "preference_accuracy", "preference_margin",
+           "train_dpo"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,16 @@ def preference_accuracy(model: GPT, pairs: Sequence[Encoded]) -> float:
     chosen = _logps(model, [c for c, _ in pairs], device)
     rejected = _logps(model, [r for _, r in pairs], device)
     return float((chosen > rejected).float().mean())
+
+
+@torch.no_grad()
+def preference_margin(model: GPT, pairs: Sequence[Encoded]) -> float:
+    """The mean over ``pairs`` of ``log π(chosen) - log π(rejected)`` (nats): how strongly
+    ``model`` prefers the chosen answers, beyond the yes/no of :func:`preference_accuracy`."""
+    device = model.transformer.wpe.weight.device
+    chosen = _logps(model, [c for c, _ in pairs], device)
+    rejected = _logps(model, [r for _, r in pairs], device)
+    return float((chosen - rejected).mean())
 
 
 @dataclass
