@@ -89,8 +89,9 @@ class Request:
 
     ``temperature == 0`` is greedy; ``top_k``/``top_p`` as in :func:`reference.generate.stream`.
     The request ends at ``max_new_tokens`` tokens, or at ``eos_id`` (included in its tokens).
-    ``seed`` seeds the request's own generator (None: a random seed). Checked on construction:
-    a bad value is a ValueError naming it.
+    ``seed`` seeds the request's own generator (None: a random seed). ``logprobs``: record each
+    drawn token's log-probability under the model (before temperature and truncation) in
+    :attr:`Stream.logprobs`. Checked on construction: a bad value is a ValueError naming it.
     """
 
     prompt: tuple[int, ...]
@@ -100,6 +101,7 @@ class Request:
     top_p: float | None = None
     eos_id: int | None = None
     seed: int | None = None
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         prompt = tuple(self.prompt)
@@ -138,6 +140,7 @@ class Sequence:
     generator: torch.Generator
     max_tokens: int
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # one per token, if the request asks
     cancelled: bool = False
     finished: str | None = None
 
@@ -228,7 +231,10 @@ def prefill(model: GPT, seq: Sequence, cache: KVCache) -> None:
     cache.length = T  # attention reads only the slots in use
     slots = torch.arange(T, device=prompt.device)[None]  # (1, T): slot = position
     logits = model(prompt, cache=cache, input_pos=slots)[0]  # (1, T, V)
-    seq.tokens.append(int(_draw(seq, logits[0, -1])))
+    token = _draw(seq, logits[0, -1])
+    if seq.request.logprobs:
+        seq.logprobs.append(float(torch.log_softmax(logits[0, -1].float(), -1)[token]))
+    seq.tokens.append(int(token))
 
 
 def admit(model: GPT, waiting: deque[Sequence], batch: Batch) -> list[Sequence]:
@@ -262,6 +268,11 @@ def decode_step(model: GPT, batch: Batch) -> None:
     cache.length = max(s.position for s in active) + 1
     logits = model(idx, cache=cache, input_pos=pos)[0][:, -1]  # (n, V)
     drawn = torch.stack([_draw(s, logits[row]) for row, s in enumerate(active)])  # (n,)
+    if any(s.request.logprobs for s in active):
+        logp = torch.log_softmax(logits.float(), -1).gather(1, drawn[:, None])[:, 0]  # (n,)
+        for seq, lp in zip(active, logp.tolist(), strict=True):
+            if seq.request.logprobs:
+                seq.logprobs.append(lp)
     for seq, token in zip(active, drawn.tolist(), strict=True):  # one device sync per step
         seq.tokens.append(token)
 
@@ -330,6 +341,7 @@ class Stream:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.tokens: list[int] = []  # what the consumer has received
+        self.logprobs: list[float] = []  # with ``request.logprobs``: set before each token
         self.finish_reason: str | None = None
         self._cancel = threading.Event()
         self._events: queue.Queue[int | _End] = queue.Queue()
@@ -419,6 +431,18 @@ class Engine:
         self._state = "new"  # new -> running -> stopped
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._active = 0  # sequences in the running batch (written by the engine's thread)
+
+    @property
+    def active(self) -> int:
+        """How many requests the running batch holds now (read-only; for metrics and tests)."""
+        return self._active
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for a row now (read-only)."""
+        with self._lock:
+            return len(self._waiting)
 
     def __enter__(self) -> Engine:
         return self.start() if self._state == "new" else self
@@ -471,6 +495,7 @@ class Engine:
     def _publish(self, seq: Sequence) -> None:
         with self._lock:
             stream = self._streams[seq] if seq.finished is None else self._streams.pop(seq)
+        stream.logprobs.extend(seq.logprobs[len(stream.logprobs):])  # before their tokens
         for token in seq.tokens[stream._sent:]:
             stream._put(token)
         stream._sent = len(seq.tokens)
@@ -498,6 +523,7 @@ class Engine:
                     seq.cancelled = seq.cancelled or streams[seq].cancelled
                 for seq in [*gone, *retire(batch)]:
                     self._publish(seq)
+                self._active = len(batch.active)
                 with self._lock:
                     while self._state == "running" and not (self._waiting or batch.active):
                         self._lock.wait()  # idle: sleep until a request or stop()
@@ -508,6 +534,7 @@ class Engine:
                                     for _ in range(min(free, len(self._waiting))))
                 for seq in admit(self.model, joining, batch):
                     self._publish(seq)
+                self._active = len(batch.active)
                 if batch.active:
                     decode_step(self.model, batch)
                     for seq in batch.active:
@@ -515,6 +542,8 @@ class Engine:
         except BaseException as error:  # every stream hears of it, and submit() says so
             with self._lock:
                 self._state, self._error = "stopped", error
+            self._active = 0
             self._end_all(_End("error", error))
             return
+        self._active = 0
         self._end_all(_End("shutdown"))

@@ -11,6 +11,7 @@ Commands::
               [--max-new-tokens N] [--num-samples N]    text from a trained model
               [--int8 float|dynamic]                    ... with int8 linear layers
     quantize  CHECKPOINT OUT_DIR                        an int8 copy of a model checkpoint
+    serve     [RUN_DIR] [--host H] [--port P]           the HTTP server (settings: LLMFS_SERVE_*)
 
 With no arguments, ``train`` runs the main job: a small character-level GPT on the built-in
 corpus (Python's own documentation), a few minutes on a laptop CPU, no download; then a sample.
@@ -56,6 +57,7 @@ EXAMPLES = """examples:
   python -m reference finetune runs/main data.jsonl train.out_dir=runs/chat finetune.lora_r=16
   python -m reference generate runs/main --prompt "def " --temperature 0.7 --seed 1
   python -m reference quantize runs/main runs/main-int8       # int8 weights, 0.3x the bytes
+  LLMFS_SERVE_API_KEYS='["s3cret"]' python -m reference serve runs/main --port 8000
 """
 
 
@@ -123,6 +125,15 @@ def _parser() -> argparse.ArgumentParser:
     quant = sub.add_parser("quantize", help="write an int8 copy of a model checkpoint")
     quant.add_argument("checkpoint", help="a run directory or a checkpoint directory")
     quant.add_argument("out", help="a new directory for the quantized checkpoint")
+    serve = sub.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible)",
+                           description="Settings come from LLMFS_SERVE_* environment variables "
+                                       "(reference/server/settings.py); the arguments override "
+                                       "them.")
+    serve.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                       help="a run or checkpoint directory (default: LLMFS_SERVE_MODEL, else "
+                            "runs/main)")
+    serve.add_argument("--host", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default 8000")
     return parser
 
 
@@ -141,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = debugging(args.debug)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "train": _train, "prepare": _train, "resume": _resume, "finetune": _finetune,
-        "task": _task, "generate": _generate, "quantize": _quantize}
+        "task": _task, "generate": _generate, "quantize": _quantize,
+        "serve": _serve}
     if args.command not in commands:
         _parser().print_help()
         return EXIT_BAD_INPUT
@@ -314,4 +326,28 @@ def _quantize(args: argparse.Namespace) -> int:
     after = linear_weight_bytes(model)
     print(f"{out}: int8 linear layers from {source} ({before:,} -> {after:,} bytes of "
           f"linear weights, {after / before:.2f}x)")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the server with uvicorn: settings from the environment, the arguments over them."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from .checkpoint import find_checkpoint
+    from .server.app import create_app
+    from .server.settings import ENV_PREFIX, ServerSettings
+
+    given = {"model": args.run_dir, "host": args.host, "port": args.port}
+    try:
+        settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = ".".join(str(p) for p in first["loc"])
+        where = f"--{name}" if name in ("host", "port") and given.get(name) is not None \
+            else f"{ENV_PREFIX}{name.upper()}" if name else "settings"
+        raise ValueError(f"{where}: {first['msg']}") from None
+    find_checkpoint(settings.model)  # a missing model: one line now, not a failed start-up
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level)
     return EXIT_OK

@@ -78,6 +78,9 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+TINY_TEMPERATURE = 1e-30  # below this, sampling divides the logits' gaps to the max (see below)
+
+
 def sample_next_token(
     logits: Tensor,
     temperature: float = 1.0,
@@ -92,7 +95,12 @@ def sample_next_token(
     _check_temperature(temperature)
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    if temperature < TINY_TEMPERATURE:  # logits / T would overflow float32 (T may even round
+        # to 0 there): divide each row's gaps to its max, in float64; softmax is shift-invariant
+        wide = logits.double()
+        logits = (wide - wide.amax(dim=-1, keepdim=True)) / temperature
+    else:
+        logits = logits / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:

@@ -78,3 +78,15 @@ def test_bad_arguments_are_named(model: GPT, kwargs: dict[str, object], words: l
     with pytest.raises(ValueError) as info:
         generate(model, torch.zeros(1, 1, dtype=torch.long), **args)  # type: ignore[arg-type]
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+@pytest.mark.parametrize("temperature", [1e-29, 1e-30, 1e-45, 1e-310, 5e-324])
+def test_a_tiny_temperature_draws_the_argmax_without_overflow(temperature: float) -> None:
+    """``logits / T`` overflows float32 below ~1e-30 (and 5e-324 rounds to 0 there): sampling
+    still draws each row's argmax, with top-k and top-p too, never NaN probabilities."""
+    from reference.generate import sample_next_token
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 30
+    for options in ({}, {"top_k": 1}, {"top_p": 5e-324}, {"top_k": 5, "top_p": 0.5}):
+        got = sample_next_token(logits, temperature, **options)  # type: ignore[arg-type]
+        assert torch.equal(got, logits.argmax(-1)), options

@@ -42,6 +42,8 @@ def test_wheel_holds_only_the_library(wheel: Path) -> None:
     shipped = {name for name in names if name.endswith(".py")}
     expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "reference").rglob("*.py")}
     assert shipped == expected
+    page = {f"reference/server/static/{n}" for n in ("index.html", "app.js", "style.css")}
+    assert page <= set(names), "the playground page must ship with the server"
 
 
 def test_wheel_declares_the_command_line(wheel: Path) -> None:

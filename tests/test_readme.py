@@ -112,3 +112,53 @@ def test_the_readme_commands_in_order_leave_every_run_usable(
         steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
         assert steps == sorted(steps), f"{run.name}'s metrics splice two runs: {steps}"
     assert load_training_state(tmp_path / "runs" / "main")[1].step == 6, "resumed to step 6"
+
+
+def test_the_readme_serve_commands_start_a_server(tmp_path: Path) -> None:
+    """Each command of the README's ``serve-commands`` block, as written but for the port (a
+    free one) and the interpreter (this one), serves the main job's run: /health turns 200 and
+    the key in the command opens /v1/models."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- serve-commands -->\n```\n(.*?)```\n<!-- /serve-commands -->", text,
+                      re.S)
+    assert block, "README.md has no serve-commands block"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    train = [sys.executable, "-m", "reference", "train", "--no-sample", *TINY]
+    subprocess.run(train, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    for line in block[1].strip().splitlines():
+        words = shlex.split(line)
+        settings = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+        command = [w for w in words if not re.match(r"^[A-Z_]+=", w)]
+        port = _free_port()
+        command = [str(port) if w == "8000" else w for w in command]
+        if command[0] == ".venv/bin/python":
+            command = [sys.executable, *command[1:]]
+        elif command[0] == ".venv/bin/uvicorn":
+            command = [sys.executable, "-m", "uvicorn", *command[1:]]
+        key = json.loads(settings["LLMFS_SERVE_API_KEYS"])[0]
+        server = subprocess.Popen(command, cwd=tmp_path, env={**env, **settings},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline, status = time.monotonic() + 120, 0
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                        status = r.status
+                except (urllib.error.URLError, ConnectionError):
+                    status = 0
+                if status == 200:
+                    break
+                time.sleep(0.5)
+            assert status == 200, f"{line}: /health never answered 200"
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
+                                             headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert json.load(r)["data"][0]["id"] == "main", line
+        finally:
+            server.terminate()
+            _, err = server.communicate(timeout=30)
+        assert "Traceback" not in err, err[-2000:]
