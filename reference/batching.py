@@ -532,8 +532,9 @@ class Engine:
                     free = self.max_batch - len(batch.active)
                     joining = deque(self._waiting.popleft()
                                     for _ in range(min(free, len(self._waiting))))
-                for seq in admit(self.model, joining, batch):
-                    self._publish(seq)
+                while joining:  # one prefill at a time: each first token goes out at once
+                    for seq in admit(self.model, deque([joining.popleft()]), batch):
+                        self._publish(seq)
                 self._active = len(batch.active)
                 if batch.active:
                     decode_step(self.model, batch)
