@@ -12,6 +12,8 @@ Commands::
               [--int8 float|dynamic]                    ... with int8 linear layers
     quantize  CHECKPOINT OUT_DIR                        an int8 copy of a model checkpoint
     serve     [RUN_DIR] [--host H] [--port P]           the HTTP server (settings: LLMFS_SERVE_*)
+    evaluate  RUN_DIR [--compare RUN_DIR2 | --compare-int8 float|dynamic] [--out DIR]
+              [--text FILE] [--overwrite]               a Markdown + HTML report with plots
 
 With no arguments, ``train`` runs the main job: a small character-level GPT on the built-in
 corpus (Python's own documentation), a few minutes on a laptop CPU, no download; then a sample.
@@ -58,6 +60,7 @@ EXAMPLES = """examples:
   python -m reference generate runs/main --prompt "def " --temperature 0.7 --seed 1
   python -m reference quantize runs/main runs/main-int8       # int8 weights, 0.3x the bytes
   LLMFS_SERVE_API_KEYS='["s3cret"]' python -m reference serve runs/main --port 8000
+  python -m reference evaluate runs/main --compare runs/reverse   # -> runs/main/eval/report.md
 """
 
 
@@ -134,6 +137,34 @@ def _parser() -> argparse.ArgumentParser:
                             "runs/main)")
     serve.add_argument("--host", help="default 127.0.0.1")
     serve.add_argument("--port", type=int, help="default 8000")
+    evaluate = sub.add_parser(
+        "evaluate", help="write an evaluation report (Markdown + HTML + PNG plots)",
+        description="Perplexity, calibration, loss curves, samples and their error analysis "
+                    "of a run, on --text FILE or the run's own validation split.")
+    evaluate.add_argument("run", help="a run directory or a checkpoint directory")
+    evaluate.add_argument("--compare", metavar="RUN_DIR2",
+                          help="a second run or checkpoint, side by side (same text, prompts)")
+    evaluate.add_argument("--compare-int8", choices=("float", "dynamic"),
+                          help="compare with the same model's int8 copy (reference/"
+                               "quantization.py)")
+    evaluate.add_argument("--out", help="the report's directory (default RUN_DIR/eval)")
+    evaluate.add_argument("--text", metavar="FILE",
+                          help="UTF-8 text to evaluate on (default: the run's validation split)")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace a report already in the output directory")
+    evaluate.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                          help="a sample prompt (repeatable; default: the run's sample prompt "
+                               "and the text's first line)")
+    evaluate.add_argument("--temperature", action="append", type=float, dest="temperatures",
+                          help="repeatable (default 0.5, 0.8, 1.0)")
+    evaluate.add_argument("--seed", action="append", type=int, dest="seeds",
+                          help="repeatable (default 0, 1)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=200)
+    evaluate.add_argument("--context", type=int, help="tokens per window (default block_size)")
+    evaluate.add_argument("--stride", type=int, help="window stride (default the context)")
+    evaluate.add_argument("--max-chars", type=int, default=100_000,
+                          help="evaluate on the text's first N characters (default 100000)")
+    evaluate.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     return parser
 
 
@@ -153,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "train": _train, "prepare": _train, "resume": _resume, "finetune": _finetune,
         "task": _task, "generate": _generate, "quantize": _quantize,
-        "serve": _serve}
+        "serve": _serve, "evaluate": _evaluate}
     if args.command not in commands:
         _parser().print_help()
         return EXIT_BAD_INPUT
@@ -350,4 +381,21 @@ def _serve(args: argparse.Namespace) -> int:
     find_checkpoint(settings.model)  # a missing model: one line now, not a failed start-up
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level)
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.report import Options, evaluate
+
+    for name in ("max_new_tokens", "max_chars"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    options = Options(
+        prompts=tuple(args.prompts or ()), temperatures=tuple(args.temperatures or (0.5, 0.8, 1.0)),
+        seeds=tuple(args.seeds or (0, 1)), max_new_tokens=args.max_new_tokens,
+        context=args.context, stride=args.stride, max_chars=args.max_chars, device=args.device)
+    report_path = evaluate(args.run, out=args.out, compare=args.compare,
+                           compare_int8=args.compare_int8, text=args.text,
+                           overwrite=args.overwrite, options=options)
+    print(f"{report_path} (and {report_path.with_suffix('.html').name}, plots beside it)")
     return EXIT_OK
