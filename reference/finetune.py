@@ -28,19 +28,19 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .chat import SPECIALS, ChatTokenizer, Message, encode_chat, render, validate
+
 # The chat format, re-exported: the fine-tuning chapter covers both (``reference.finetune`` is
 # the component's library module).
-from .chat import SPECIALS, ChatTokenizer, Message, encode_chat, render, validate
+from .jsonl import iter_jsonl
 
 __all__ = ["SPECIALS", "ChatTokenizer", "check_dpo_inputs", "check_example", "check_logprob_inputs",
            "check_sft_batch", "dpo_loss", "encode_chat", "encode_conversations",
@@ -172,18 +172,8 @@ def to_messages(record: Any, *, where: str) -> list[Message]:
 def read_conversations(path: str | os.PathLike[str]) -> Iterator[list[Message]]:
     """The conversations of a JSONL file, one per non-blank line (see :func:`to_messages`);
     a bad line is a ValueError naming the file and the line."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{lineno}: not valid JSON ({e})") from None
-            yield to_messages(record, where=f"{p}:{lineno}")
+    for where, record in iter_jsonl(path):
+        yield to_messages(record, where=where)
 
 
 def encode_conversations(tokenizer: ChatTokenizer, conversations: Sequence[Sequence[Message]],

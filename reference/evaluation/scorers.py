@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..jsonl import iter_jsonl
 from ..model import GPT
 from ..tokenizers import Tokenizer
 
@@ -94,16 +95,9 @@ class LastWordResult:
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL file (blank lines skipped); errors name the file and line."""
     records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON: {e.msg}") from None
+    for where, record in iter_jsonl(path):
         if not isinstance(record, dict):
-            raise ValueError(
-                f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
     return records
 
