@@ -63,7 +63,7 @@ SMALL = GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16)
 def peft_linear(base: nn.Linear, r: int, alpha: float, rslora: bool = False,
                 dropout: float = 0.0) -> Any:
     """peft's LoRA layer around a copy of ``base``, A and B random (init_lora_weights=False)."""
-    peft = pytest.importorskip("peft")
+    import peft
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                              init_lora_weights=False, use_rslora=rslora)
     return peft.tuners.lora.layer.Linear(copy.deepcopy(base), "default", config, r=r,
@@ -356,7 +356,7 @@ def test_apply_lora_wraps_the_gpt2_projections_by_name(impl: Any) -> None:
 def hf_and_ours(seed: int) -> tuple[Any, GPT]:
     """Hugging Face GPT-2 with random weights (biases and LayerNorms perturbed too), and our
     GPT with the same weights."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     config = transformers.GPT2Config(
         n_layer=2, n_head=2, n_embd=16, vocab_size=64, n_positions=16, bos_token_id=0,
         eos_token_id=0, attn_implementation="sdpa",
@@ -372,7 +372,7 @@ def hf_and_ours(seed: int) -> tuple[Any, GPT]:
 
 
 def peft_gpt_and_ours(impl: Any, rslora: bool, seed: int) -> tuple[Any, GPT]:
-    peft = pytest.importorskip("peft")
+    import peft
     hf, ours = hf_and_ours(seed)
     config = peft.LoraConfig(target_modules=["c_attn", "c_proj", "c_fc"], r=4, lora_alpha=8,
                              init_lora_weights=False, fan_in_fan_out=True, use_rslora=rslora)

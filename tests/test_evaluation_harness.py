@@ -24,22 +24,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lm_eval
+import lm_eval.evaluator
 import pytest
 import torch
 import torch.nn.functional as F
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
 
-harness = pytest.importorskip("reference.evaluation.harness")
-
-import lm_eval  # noqa: E402
-import lm_eval.evaluator  # noqa: E402
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.api.registry import get_model  # noqa: E402
-
-from reference.checkpoint import save_checkpoint  # noqa: E402
-from reference.hf import save_hf  # noqa: E402
-from reference.inference import load  # noqa: E402
-from reference.model import GPT, GPTConfig  # noqa: E402
-from reference.tokenizers import META_NAME, CharTokenizer, gpt2_tokenizer  # noqa: E402
+import reference.evaluation.harness as harness  # lm-eval: a dev dependency, never skipped
+from reference.checkpoint import save_checkpoint
+from reference.hf import save_hf
+from reference.inference import load
+from reference.model import GPT, GPTConfig
+from reference.tokenizers import META_NAME, CharTokenizer, gpt2_tokenizer
 
 pytestmark = [pytest.mark.evaluation, pytest.mark.slow]
 
@@ -300,7 +298,7 @@ def test_rolling_agrees_with_token_nlls_with_stride_equal_to_context(
     """On <|endoftext|> + the text, lm-eval's disjoint windows are ``perplexity.token_nlls`` with
     stride = context = block_size, when the windows are full (a partial last window has more
     context in lm-eval's layout): one window, and exactly two."""
-    perplexity = pytest.importorskip("reference.evaluation.perplexity")
+    import reference.evaluation.perplexity as perplexity
     lm = harness.LLMFS(gpt2_pair[0])
     long = lm.tokenizer.encode(PPL_DOCS[2]["text"] + PPL_DOCS[0]["text"])[: 2 * BLOCK]
     assert len(long) == 2 * BLOCK
