@@ -298,7 +298,9 @@ def test_rolling_agrees_with_token_nlls_with_stride_equal_to_context(
     """On <|endoftext|> + the text, lm-eval's disjoint windows are ``perplexity.token_nlls`` with
     stride = context = block_size, when the windows are full (a partial last window has more
     context in lm-eval's layout): one window, and exactly two."""
-    import reference.evaluation.perplexity as perplexity
+    from reference.evaluation.perplexity import token_nlls  # (the package exports a function
+    # of the module's name, so `import ... as` would bind that function)
+
     lm = harness.LLMFS(gpt2_pair[0])
     long = lm.tokenizer.encode(PPL_DOCS[2]["text"] + PPL_DOCS[0]["text"])[: 2 * BLOCK]
     assert len(long) == 2 * BLOCK
@@ -306,7 +308,7 @@ def test_rolling_agrees_with_token_nlls_with_stride_equal_to_context(
         text = lm.tokenizer.decode(ids)
         assert lm.tokenizer.encode(text) == ids
         [total] = lm.loglikelihood_rolling(requests("loglikelihood_rolling", (text,)))
-        nlls, _ = perplexity.token_nlls(lm.model, [50256, *ids], context=BLOCK, stride=BLOCK)
+        nlls, _ = token_nlls(lm.model, [50256, *ids], context=BLOCK, stride=BLOCK)
         assert close(total, -float(nlls.sum())), (len(ids), total, -float(nlls.sum()))
 
 
