@@ -392,7 +392,7 @@ def hf_dataset(
 ) -> Corpus:
     """A Hugging Face dataset streamed document by document (needs ``datasets`` and a network)."""
     try:
-        import datasets  # type: ignore[import-not-found, unused-ignore]
+        import datasets  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
         raise ImportError(
             "data.source=hf streams with Hugging Face `datasets`, which is not installed: "
