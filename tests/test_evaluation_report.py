@@ -9,6 +9,7 @@ hand-written outputs for each failure predicate.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -117,6 +118,14 @@ def test_report_figures_are_the_perplexity_of_the_validation_split(run: Path,
     # the loss curve's evaluations from metrics.jsonl: steps 4 and 8
     assert re.search(r"\| run \| 4 \| [\d.]+ \| [\d.]+ \|", md)
     assert re.search(r"\| run \| 8 \| [\d.]+ \| [\d.]+ \|", md)
+    # the same figures as data in report.json (what the README's tables are made of)
+    summary = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    (figures,) = summary["runs"]
+    assert figures["perplexity"] == pytest.approx(expected.ppl, rel=1e-12)
+    assert figures["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-12)
+    assert (figures["context"], figures["stride"], figures["tokens"]) == (
+        expected.context, expected.stride, expected.tokens)
+    assert figures["steps"] == 8 and figures["parameters"] == loaded.model.num_parameters()
 
 
 def test_report_has_the_samples_side_by_side_and_the_error_counts(report: Path) -> None:

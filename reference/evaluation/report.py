@@ -1,8 +1,8 @@
 """One evaluation report of a run: ``python -m reference evaluate RUN_DIR``.
 
 Writes ``report.md`` and ``report.html`` (self-contained: the plots are embedded) with the PNGs
-beside them, by default in ``RUN_DIR/eval/`` (an existing report is never replaced without
-``overwrite``):
+beside them, and ``report.json`` (the summary's figures as data, see :func:`summary`), by
+default in ``RUN_DIR/eval/`` (an existing report is never replaced without ``overwrite``):
 
 * **summary**: perplexity (with its context and stride), bits per byte, word perplexity and
   the expected calibration error, on an evaluation text: ``--text FILE``, or the run's own
@@ -28,6 +28,7 @@ import html
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from .perplexity import Perplexity, perplexity, token_nlls
 
 __all__ = ["Options", "evaluate"]
 
-REPORT_MD, REPORT_HTML = "report.md", "report.html"
+REPORT_MD, REPORT_HTML, REPORT_JSON = "report.md", "report.html", "report.json"
 LOSS_PNG, POSITION_PNG, CALIBRATION_PNG = "loss_curves.png", "ppl_by_position.png", \
     "calibration.png"
 MAX_CHARSET_TOKENS = 5_000_000  # the training split's characters are read from this many tokens
@@ -336,6 +337,45 @@ def _describe_model(r: Evaluated) -> list[Any]:
             f"{kind}, {cfg.vocab_size} ids"]
 
 
+def summary(runs: Sequence[Evaluated], source: str, text: str) -> dict[str, Any]:
+    """The report's figures as data (``report.json``): what the README's tables are made of."""
+    out: dict[str, Any] = {
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "text": {"source": source, "characters": len(text)},
+        "runs": [],
+    }
+    for r in runs:
+        label, checkpoint, model, params, tokenizer = _describe_model(r)
+        last = {}
+        for m in r.metrics:
+            if m.get("kind") == "eval":
+                last = m
+        train_s = [m["time"] for m in r.metrics if "time" in m]
+        out["runs"].append({
+            "label": label, "checkpoint": checkpoint, "model": model,
+            "parameters": int(params.replace(",", "")), "tokenizer": tokenizer,
+            "perplexity": r.ppl.ppl, "context": r.ppl.context, "stride": r.ppl.stride,
+            "tokens": r.ppl.tokens, "bits_per_byte": r.ppl.bits_per_byte,
+            "word_perplexity": r.ppl.word_ppl, "ece": r.calibration.ece,
+            "steps": last.get("step"), "val_loss": last.get("val_loss"),
+            "train_loss": last.get("train_loss"),
+            "logged_seconds": (max(train_s) - min(train_s)) if len(train_s) > 1 else None,
+        })
+    return out
+
+
+def _no_nan(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
 def build_blocks(runs: Sequence[Evaluated], source: str, text: str,
                  images: dict[str, Path | None], max_new_tokens: int) -> list[Block]:
     labels = [r.label for r in runs]
@@ -529,6 +569,8 @@ def evaluate(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None 
     blocks = build_blocks(runs, source, eval_text, images, options.max_new_tokens)
     atomic_write_text(out_dir / REPORT_HTML, to_html(blocks, out_dir, str(blocks[0][1])))
     atomic_write_text(out_dir / REPORT_MD, to_markdown(blocks))
+    atomic_write_text(out_dir / REPORT_JSON,
+                      json.dumps(_no_nan(summary(runs, source, eval_text)), indent=2) + "\n")
     return out_dir / REPORT_MD
 
 
