@@ -20,6 +20,12 @@ import pytest
 import torch
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--gate-json", default=None,
+                     help="the GPU gates' JSON summary (default: $LLMFS_GATE_JSON or "
+                          "build/gates/summary.json; see benchmarks/test_gpu_gates.py)")
+
+
 @pytest.fixture
 def cuda() -> torch.device:
     """A CUDA device, or a clean skip without one."""

@@ -8,16 +8,15 @@ on CUDA also ``mfu``, model FLOPs utilisation, as nanoGPT's ``estimate_mfu``::
     flops per token = 6·N + 12·n_layer·n_head·head_size·T     (N: parameters, tied head once)
     mfu = flops per token · tokens_per_s / peak bf16 FLOP/s of the card (dense, no sparsity)
 
-The peak comes from ``PEAK_BF16_FLOPS`` by device name, or ``$LLMFS_PEAK_FLOPS``; MFU is left
-out for an unknown card. (The parameter is ``who``, not ``impl``: the root conftest parametrizes
-any ``impl`` argument.)
+The peak comes from ``benchmarks.gates.PEAK_BF16_FLOPS`` by device name, or
+``$LLMFS_PEAK_FLOPS``; MFU is left out for an unknown card. (The parameter is ``who``, not
+``impl``: the root conftest parametrizes any ``impl`` argument.)
 
     pytest benchmarks/test_gpt_bench.py --benchmark-min-rounds=5
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,24 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.conftest import device_name
+from benchmarks.gates import PEAK_BF16_FLOPS, flops_per_token, lookup
 from reference.hf import config_to_hf, to_hf_state_dict
 from reference.model import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers")
-
-# Dense bf16 tensor-core peaks from the vendors' data sheets, FLOP/s.
-PEAK_BF16_FLOPS = {
-    "H100 SXM": 989e12,
-    "H100 80GB HBM3": 989e12,  # the SXM part's CUDA name
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "RTX 4090": 165e12,
-}
 
 CPU_CONFIG = GPTConfig(block_size=128, vocab_size=8192, n_layer=4, n_head=8, n_embd=256)
 CPU_BATCH = 8
@@ -51,19 +37,6 @@ CUDA_CONFIG = GPTConfig()  # GPT-2 small, 124M, T = 1024
 CUDA_BATCH = 8
 
 Step = Callable[[], torch.Tensor]
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if os.environ.get("LLMFS_PEAK_FLOPS"):
-        return float(os.environ["LLMFS_PEAK_FLOPS"])
-    name = torch.cuda.get_device_name(device)
-    matches = [k for k in PEAK_BF16_FLOPS if k in name]
-    return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
-
-
-def flops_per_token(config: GPTConfig, n_params: int) -> int:
-    hs = config.n_embd // config.n_head
-    return 6 * n_params + 12 * config.n_layer * config.n_head * hs * config.block_size
 
 
 def models(config: GPTConfig, device: torch.device) -> dict[str, torch.nn.Module]:
@@ -148,9 +121,9 @@ def test_training_step_cuda(benchmark: Any, cuda: torch.device, who: str) -> Non
     label(benchmark, f"gpt train step cuda bf16 compiled 124M B{B} T{cfg.block_size}", who, cuda)
     loss = benchmark.pedantic(synced, rounds=10, iterations=1, warmup_rounds=1)
     rate = tokens_per_s(benchmark, B * cfg.block_size)
-    peak = peak_flops(cuda)
+    peak = lookup(PEAK_BF16_FLOPS, torch.cuda.get_device_name(cuda), "LLMFS_PEAK_FLOPS")
     if peak is not None:
-        benchmark.extra_info["mfu"] = flops_per_token(cfg, n_params) * rate / peak
+        benchmark.extra_info["mfu"] = flops_per_token(cfg, n_params, cfg.block_size) * rate / peak
         benchmark.extra_info["mfu_formula"] = "(6N + 12*L*H*hs*T) * tokens_per_s / peak"
         benchmark.extra_info["peak_flops"] = peak
     assert torch.isfinite(loss)

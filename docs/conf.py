@@ -29,6 +29,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "contracts",  # docs/_ext/contracts.py: contract tables and classic bugs from the specs
+    "guides",  # docs/_ext/guides.py: the server settings table and the API page, from the code
 ]
 # No intersphinx and no remote images: the build never reaches the network.
 

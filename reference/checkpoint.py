@@ -175,7 +175,7 @@ def read_config(path: str | os.PathLike[str]) -> GPTConfig:
     cfg = raw.get("config")
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: 'config' must be an object, got {cfg!r}")
-    if missing := sorted(GPTConfig.model_fields.keys() - cfg.keys()):
+    if missing := sorted(GPTConfig.model_fields.keys() - cfg.keys() - {"arch"}):
         raise ValueError(f"{path}: missing config fields {missing}")
     try:
         return GPTConfig.model_validate(cfg)

@@ -4,6 +4,8 @@ Commands::
 
     train     [--config FILE] [section.key=value ...]   train, then print a sample
     prepare   [--config FILE] [section.key=value ...]   only tokenize the data
+              [--dry-run]                               (train, prepare, finetune) validate the
+                                                        config, print it as YAML, run nothing
     resume    RUN_DIR [section.key=value ...]           continue a run from its last checkpoint
     finetune  BASE DATA.jsonl [section.key=value ...]   fine-tune a trained model on conversations
     task      reverse|add OUT.jsonl [--n N] [--seed S]  write a generated instruction dataset
@@ -50,6 +52,7 @@ from .console import (
 if TYPE_CHECKING:
     from torch import nn
 
+    from .trainer.config import Config
     from .trainer.loop import Trainer
 
 EXAMPLES = """examples:
@@ -77,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", help="a YAML config (e.g. configs/tiny_cpu.yaml)")
         p.add_argument("overrides", nargs="*", metavar="section.key=value",
                        help="settings over the config, e.g. train.lr=3e-4 model.n_layer=6")
+        dry_run_arg(p)
+
+    def dry_run_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dry-run", action="store_true",
+                       help="validate the config and the overrides, print the resolved config "
+                            "as YAML and exit (nothing is read, downloaded or written)")
 
     train = sub.add_parser("train", help="train a model, then print a sample")
     config_args(train)
@@ -107,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="e.g. finetune.method=full train.lr=1e-3 (train.out_dir default: "
                            "runs/finetune)")
     tune.add_argument("--no-sample", action="store_true")
+    dry_run_arg(tune)
     tune.add_argument("--overwrite", action="store_true",
                       help="replace the run in train.out_dir if there is one")
     gen = sub.add_parser("generate", help="generate text from a checkpoint (streamed)",
@@ -217,6 +227,8 @@ def _train(args: argparse.Namespace) -> int:
     from .trainer.loop import prepare_data
 
     config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run(config)
     if args.command == "prepare":
         data = prepare_data(config, progress=config.train.progress)
         meta = data.meta
@@ -246,7 +258,19 @@ def _finetune(args: argparse.Namespace) -> int:
     if not any(o.startswith("train.out_dir=") for o in args.overrides):
         overrides.insert(0, "train.out_dir=runs/finetune")
     config = load_config(args.config, overrides)
+    if args.dry_run:
+        return _dry_run(config)
     return _run(lambda: Trainer(config, overwrite=args.overwrite), args.no_sample)
+
+
+def _dry_run(config: Config) -> int:
+    """Print the resolved config as YAML (what the run would record) and touch nothing."""
+    from .trainer.config import dump_config
+
+    print(dump_config(config), end="")
+    print("dry run: the config is valid; nothing was read, downloaded or written "
+          "(model.vocab_size comes from the tokenizer when the run starts)", file=sys.stderr)
+    return EXIT_OK
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -375,9 +399,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as e:
         first = e.errors()[0]
         name = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if not name:  # a check across settings: its message names them
+            raise ValueError(message) from None
         where = f"--{name}" if name in ("host", "port") and given.get(name) is not None \
-            else f"{ENV_PREFIX}{name.upper()}" if name else "settings"
-        raise ValueError(f"{where}: {first['msg']}") from None
+            else f"{ENV_PREFIX}{name.upper()}"
+        raise ValueError(f"{where}: {message}") from None
     find_checkpoint(settings.model)  # a missing model: one line now, not a failed start-up
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level)

@@ -5,7 +5,9 @@ The docs (``docs/``, Sphinx with MyST Markdown) are built once per run with
 sockets refuse to connect and record every attempt: the build must make none. Then every
 component page must exist and show each row of its spec's contract table (counted against
 ``tests/test_spec_contracts.contract_rows`` of the spec's docstring) and each classic bug of its
-mutants file; the commands the pages show must name modules and markers that exist.
+mutants file; and every guide, the API page (a section per ``reference`` module) and the
+serving page's table of settings must be there. The commands the pages show are checked by
+``tests/test_docs_commands.py``.
 
 Without Sphinx or myst-parser the tests skip, except under CI (``CI`` or ``LLMFS_REQUIRE_DATA``
 set), where a missing package is a failure (install them with the ``docs`` extra).
@@ -174,33 +176,58 @@ def test_the_extension_reads_the_tables_as_the_contract_check_does() -> None:
         assert [c for c, _, _ in contracts.spec_contract(component)] == expected, component
 
 
-def commands() -> list[str]:
-    """Every command line shown in a code block of the docs' Markdown pages."""
-    lines = []
-    for page in DOCS.rglob("*.md"):
-        text = page.read_text(encoding="utf-8")
-        for block in re.findall(r"^```[^\n{]*\n(.*?)^```", text, flags=re.S | re.M):
-            lines += [line.strip() for line in block.splitlines()
-                      if line.strip().startswith(".venv/bin/")]
-    return lines
+def ext_guides() -> ModuleType:
+    """``docs/_ext/guides.py``: the server settings table and the API page's module list."""
+    path = DOCS / "_ext" / "guides.py"
+    spec = importlib.util.spec_from_file_location("docs_ext_guides", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_the_commands_the_docs_show_name_modules_markers_and_paths_that_exist() -> None:
-    require_sphinx()  # the pages show `python -m sphinx`
-    shown = commands()
-    assert len(shown) >= 2, f"the docs show too few commands: {shown}"
-    config = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    for line in shown:
-        module, _, args = line.removeprefix(".venv/bin/python -m ").partition(" ")
-        assert line.startswith(".venv/bin/python -m "), f"{line}: not a `python -m` command"
-        assert importlib.util.find_spec(module) is not None, f"{line}: no module {module}"
-        words = args.split()
-        if module == "pytest":
-            markers = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "-m"]
-            paths = [w for w in words if not w.startswith("-") and w not in markers]
-        else:  # sphinx: the source folder
-            paths = [w for w in words if w == "docs"]
-        for marker in markers if module == "pytest" else []:
-            assert f'"{marker}:' in config, f"{line}: the marker {marker} is not registered"
-        for path in paths:
-            assert (ROOT / path).exists(), f"{line}: no path {path}"
+GUIDES = ["training", "finetuning", "evaluation", "serving", "distributed", "troubleshooting"]
+
+
+def test_the_index_links_every_guide_and_the_api_page(build: Build) -> None:
+    index = (build.out / "index.html").read_text(encoding="utf-8")
+    missing = [g for g in GUIDES if f'href="guides/{g}.html"' not in index]
+    assert not missing, f"index.html does not link the guides {missing}"
+    assert 'href="api.html"' in index
+
+
+def test_the_api_page_has_a_section_per_reference_module(build: Build) -> None:
+    page = (build.out / "api.html").read_text(encoding="utf-8")
+    headings = {html.unescape(re.sub(r"<[^>]+>", "", h)).strip("¶ \n")
+                for h in re.findall(r"<h2>(.*?)</h2>", page, flags=re.S)}
+    modules = ext_guides().reference_modules()
+    assert "reference.cli" in modules and "reference.server.settings" in modules
+    missing = [m for m in modules if m not in headings]
+    assert not missing, f"api.html has no section for {missing}"
+    assert page.count('class="py function"') + page.count('class="py class"') > len(modules)
+
+
+def test_the_serving_page_lists_every_server_setting(build: Build) -> None:
+    from reference.server.settings import ENV_PREFIX, ServerSettings
+
+    page = html.unescape((build.out / "guides" / "serving.html").read_text(encoding="utf-8"))
+    missing = [name for name in ServerSettings.model_fields
+               if f"{ENV_PREFIX}{name.upper()}" not in page]
+    assert not missing, f"serving.html does not list the settings {missing}"
+
+
+def test_the_extension_for_the_guides_reads_the_code() -> None:
+    require_sphinx()
+    guides = ext_guides()
+    failures, _ = doctest.testmod(guides, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert failures == 0
+    rows = guides.settings_rows()
+    from reference.server.settings import ServerSettings
+
+    assert [var for _, var, _, _, _ in rows] == \
+        [f"LLMFS_SERVE_{n.upper()}" for n in ServerSettings.model_fields]
+    assert ("security", "LLMFS_SERVE_ALLOW_ANONYMOUS", "bool", "False",
+            "no key required (only for a server on 127.0.0.1)") in rows
+
+
+# The commands the pages show are checked by tests/test_docs_commands.py.

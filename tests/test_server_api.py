@@ -452,6 +452,18 @@ def test_serve_refuses_a_bad_setting_in_one_line(chat_run: Path,
         "error: LLMFS_SERVE_MAX_BATCH: Input should be greater than or equal to 1"]
 
 
+def test_serve_refuses_a_misspelt_setting_variable(chat_run: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from reference.cli import main
+
+    monkeypatch.setenv("LLMFS_SERVE_API_KEYS", json.dumps([KEY]))
+    monkeypatch.setenv("LLMFS_SERVE_MAX_BATH", "3")  # MAX_BATCH misspelt: never ignored
+    assert main(["serve", str(chat_run)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: LLMFS_SERVE_MAX_BATH: not a setting (did you mean LLMFS_SERVE_MAX_BATCH?)"]
+
+
 def test_the_int8_setting_serves_a_quantized_model(chat_run: Path) -> None:
     from reference.quantization import Int8Linear
 

@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -67,6 +69,18 @@ class ServerSettings(BaseSettings):
     # -- `python -m reference serve`
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> ServerSettings:
+        # pydantic-settings ignores environment variables that match no field; a misspelt one
+        # (LLMFS_SERVE_MAX_BATH) would silently leave its setting at the default.
+        known = sorted(ENV_PREFIX + name.upper() for name in type(self).model_fields)
+        for name in sorted(os.environ):
+            if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+                close = difflib.get_close_matches(name.upper(), known, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"the settings: {known}"
+                raise ValueError(f"{name}: not a setting ({hint})")
+        return self
 
     @model_validator(mode="after")
     def _some_way_in(self) -> ServerSettings:

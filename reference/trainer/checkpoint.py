@@ -137,13 +137,15 @@ def save_training_checkpoint(
     keep: int = 2,
     last_eval: dict[str, float] | None = None,
     extra: Callable[[Path], None] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint of step ``step`` under ``run_dir/checkpoints``; return it.
 
     ``torch_rng`` lists every rank's torch RNG state (default: this process's). Keeps the
     ``keep`` newest checkpoints (by step number) and deletes older ones, after the new one is
     complete and ``latest`` names it. ``extra(directory)`` writes more files into the checkpoint
-    before it is complete (a fine-tuning run's adapter).
+    before it is complete (a fine-tuning run's adapter). ``optimizer_state`` replaces
+    ``optimizer.state_dict()`` (an FSDP run's state, gathered in the same layout).
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,8 @@ def save_training_checkpoint(
             if (data_dir / name).is_file():
                 with atomic_open(tmp / name, "wb") as f:
                     f.write((data_dir / name).read_bytes())
-        tensors, rest = _split_optimizer_state(optimizer.state_dict())
+        tensors, rest = _split_optimizer_state(
+            optimizer.state_dict() if optimizer_state is None else optimizer_state)
         save_safetensors(tmp / OPTIMIZER_NAME, tensors)
         cpu_rng, cuda_rng = capture_rng()
         ranks = torch_rng if torch_rng is not None else [cpu_rng]

@@ -121,6 +121,8 @@ class TrainSection(Settings):
     dtype: DType = "float32"  # bfloat16: autocast on CPU and CUDA; float16: CUDA + grad scaler
     compile: Bool = False
     activation_checkpointing: Bool = False
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: full copies, or sharded (FSDP2)
+    fsdp_reshard_after_forward: Bool = True  # fsdp: free each block's gathered weights after use
     seed: NonNegativeInt = 1337
     batch_size: PositiveInt = 32  # per process and micro-batch
     grad_accum: PositiveInt = 1  # micro-batches per optimizer step
@@ -151,6 +153,12 @@ class TrainSection(Settings):
         if self.decay_steps is None and self.max_steps < self.warmup_steps:
             raise ValueError(f"train.max_steps {self.max_steps} must be >= train.warmup_steps "
                              f"({self.warmup_steps}), or set train.decay_steps")
+        if self.strategy == "fsdp" and self.dtype == "float16":
+            raise ValueError("train.dtype=float16 is not supported with train.strategy=fsdp (its "
+                             "gradient scaler does not shard): use bfloat16")
+        if self.strategy != "fsdp" and not self.fsdp_reshard_after_forward:
+            raise ValueError("train.fsdp_reshard_after_forward is used only with "
+                             "train.strategy=fsdp")
         if self.decay_steps is not None and self.decay_steps < self.warmup_steps:
             raise ValueError(f"train.decay_steps {self.decay_steps} must be >= "
                              f"train.warmup_steps ({self.warmup_steps})")
@@ -257,7 +265,8 @@ class Config(Settings):
 # the learning rate.
 RESUMABLE_TRAIN = ("max_steps", "eval_interval", "eval_steps", "log_interval",
                    "checkpoint_interval", "keep_checkpoints", "threads", "progress", "tensorboard",
-                   "plot", "device", "compile", "activation_checkpointing")
+                   "plot", "device", "compile", "activation_checkpointing", "strategy",
+                   "fsdp_reshard_after_forward")
 
 
 def check_resume_changes(saved: Config, new: Config) -> None:

@@ -6,6 +6,10 @@ a full copy of the model, takes its own slice of every global batch (see ``data.
 DDP averages the gradients across processes during ``backward()``, so every copy takes the same
 optimizer step: the result equals one process training on the combined batch. The backend is
 gloo on CPU and NCCL on CUDA (one GPU per process).
+
+``train.strategy=fsdp`` shards the model instead of copying it (``reference/trainer/fsdp.py``);
+it joins the process group even for one process (``torchrun --nproc_per_node=1``), since its
+sharded tensors live in one.
 """
 
 from __future__ import annotations
@@ -39,11 +43,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device_type: str) -> DistInfo:
+def init_distributed(device_type: str, *, always: bool = False) -> DistInfo:
     """Join the process group when started by torchrun; a single process otherwise.
 
     ``device_type`` is ``"cuda"`` (NCCL; this process uses GPU ``LOCAL_RANK``) or ``"cpu"``
-    (gloo).
+    (gloo). A job of one process joins a group of one only when ``always`` (FSDP needs one).
     """
     if not launched_by_torchrun():
         return DistInfo()
@@ -52,7 +56,7 @@ def init_distributed(device_type: str) -> DistInfo:
         local_rank=int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
         world_size=int(os.environ["WORLD_SIZE"]),
     )
-    if not info.enabled:
+    if not info.enabled and not always:
         return info
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
@@ -108,5 +112,5 @@ def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if (info.enabled or launched_by_torchrun()) and dist.is_initialized():
         dist.destroy_process_group()

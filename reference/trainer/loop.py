@@ -12,6 +12,11 @@ run :func:`step.train_step` (accumulate, clip, AdamW). Every ``eval_interval`` s
 loss over ``eval_steps`` fixed batches of each split is logged; every ``checkpoint_interval``
 steps (and at the end) a full checkpoint is written. A NaN or infinite loss stops the run before
 the optimizer step with :class:`TrainingDiverged`, naming the last good checkpoint.
+
+Under torchrun, ``train.strategy`` picks how the processes share the work: ``ddp`` (the
+default) keeps a full copy of the model on each, ``fsdp`` shards it (``reference/trainer/fsdp.py``:
+parameters, gradients and AdamW states split across ranks). Either way a checkpoint is one full
+state written by rank 0, so either strategy resumes the other's run.
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ from .distributed import (
     broadcast_object,
     device_for,
     init_distributed,
+    launched_by_torchrun,
+)
+from .fsdp import (
+    FSDP2,
+    full_model_state,
+    full_optimizer_state,
+    load_full_state,
+    plain_copy,
+    shard_model,
 )
 from .monitor import Monitor
 from .optim import cosine_lr, make_optimizer
@@ -155,7 +169,18 @@ class Trainer:
         if t.dtype == "float16" and device_type != "cuda":
             raise ValueError("train.dtype=float16 needs CUDA (it trains with a gradient scaler); "
                              "use bfloat16 or float32 on " + device_type)
-        self.dist = dist_info or init_distributed(device_type)
+        self.sharded = t.strategy == "fsdp"
+        if self.sharded and config.finetune.enabled:
+            raise ValueError("train.strategy=fsdp does not fine-tune yet (finetune.base is set): "
+                             "use train.strategy=ddp")
+        if self.sharded and not FSDP2:
+            raise ValueError(f"train.strategy=fsdp needs FSDP2 (torch >= 2.6); this is torch "
+                             f"{torch.__version__}: use train.strategy=ddp")
+        if self.sharded and dist_info is None and not launched_by_torchrun():
+            raise ValueError("train.strategy=fsdp shards the model across the processes torchrun "
+                             "starts: run it under torchrun (--nproc_per_node=1 is fine), or use "
+                             "train.strategy=ddp")
+        self.dist = dist_info or init_distributed(device_type, always=self.sharded)
         self.device = device_for(self.dist, device_type)
         self._lock: FileLock | None = None
         problem: object = None
@@ -198,12 +223,20 @@ class Trainer:
         else:
             self.model = GPT(config.model).to(self.device)
         self.model.set_activation_checkpointing(t.activation_checkpointing)
+        if self.sharded:  # before the optimizer: it must hold the sharded parameters
+            if t.compile:  # each block on its own, then sharded (as torchtitan does)
+                for layer in self.model.transformer.h:
+                    layer.compile()
+            bf16 = t.dtype == "bfloat16" and device_type == "cuda"
+            shard_model(self.model, device_type,
+                        reshard_after_forward=t.fsdp_reshard_after_forward,
+                        param_dtype=torch.bfloat16 if bf16 else None)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(device_type, enabled=t.dtype == "float16")
         self.train_model: nn.Module = self.model
-        if t.compile:
+        if t.compile and not self.sharded:
             self.train_model = torch.compile(self.model)  # type: ignore[assignment]
-        if self.dist.enabled:
+        if self.dist.enabled and not self.sharded:
             ids = [self.dist.local_rank] if device_type == "cuda" else None
             self.train_model = DDP(self.train_model, device_ids=ids)
         self.batch_generator = torch.Generator().manual_seed(t.seed)
@@ -278,10 +311,13 @@ class Trainer:
             gathered: list[Any] = [None] * self.dist.world_size
             dist.all_gather_object(gathered, rng)
             ranks = gathered
+        full: tuple[dict[str, Any], dict[str, Any]] | None = None
+        if self.sharded:  # collectives: every rank gathers, rank 0 receives the full state
+            full = full_model_state(self.model), full_optimizer_state(self.model, self.optimizer)
         path = None
         if self.dist.is_main:
             try:
-                path = self._save_checkpoint(ranks)
+                path = self._save_checkpoint(ranks, full)
             except OSError as e:  # a full disk, say: the previous checkpoint is still whole
                 where = (f"the previous checkpoint {self.last_checkpoint} is intact (resume "
                          "continues from it)" if self.last_checkpoint else "no checkpoint yet")
@@ -291,10 +327,15 @@ class Trainer:
         barrier(self.dist)
         return path
 
-    def _save_checkpoint(self, ranks: list[Any]) -> Path:
+    def _save_checkpoint(self, ranks: list[Any],
+                         full: tuple[dict[str, Any], dict[str, Any]] | None = None) -> Path:
         finetuning = isinstance(self.data, SFTData)
+        # FSDP: rank 0's gathered copy, saved in the single-process format
+        model = self.export_model() if full is None else plain_copy(self.config.model, full[0])
+        optimizer_state = None if full is None else full[1]
         return save_training_checkpoint(
-            self.config.train.out_dir, model=self.export_model(), optimizer=self.optimizer,
+            self.config.train.out_dir, model=model, optimizer=self.optimizer,
+            optimizer_state=optimizer_state,
             extra=(lambda tmp: save_adapter_files(self, tmp)) if finetuning else None,
             step=self.step, config=self.config.to_dict(), data_dir=self.data.directory,
             batch_rng=self.batch_generator.get_state(), torch_rng=ranks,
@@ -347,10 +388,14 @@ class Trainer:
                                  f"from the checkpoint {directory}")
         if isinstance(trainer.data, SFTData):
             load_finetune_weights(trainer, directory)
+            trainer.optimizer.load_state_dict(state.optimizer)
+        elif trainer.sharded:  # each rank reads the full state and keeps its own slices
+            load_full_state(trainer.model, trainer.optimizer,
+                            read_safetensors(directory / WEIGHTS_NAME), state.optimizer)
         else:
             load_weights(trainer.model, read_safetensors(directory / WEIGHTS_NAME,
                                                          device=trainer.device))
-        trainer.optimizer.load_state_dict(state.optimizer)
+            trainer.optimizer.load_state_dict(state.optimizer)
         if state.scaler and trainer.scaler.is_enabled():
             trainer.scaler.load_state_dict(state.scaler)
         trainer.batch_generator.set_state(state.batch_rng)
@@ -424,6 +469,8 @@ class Trainer:
     def _describe(self) -> str:
         """The run's first line: what trains, on what, where."""
         where = f"{self.device}, {self.dist.world_size} process(es)"
+        if self.sharded:
+            where += " (FSDP: parameters, gradients and AdamW states sharded)"
         if not isinstance(self.data, SFTData):
             n = self.model.num_parameters()
             return (f"training a {n / 1e6:.2f}M-parameter GPT on {where} "
@@ -479,6 +526,12 @@ class Trainer:
         and back afterwards; the inference path itself never changes a model's mode.
         """
         settings = SampleSettings.model_validate({**self.config.sample.model_dump(), **changes})
+        if self.sharded:  # a sharded forward pass needs every rank: sample rank 0's checkpoint
+            if self.last_checkpoint is None:
+                raise RuntimeError("an FSDP run samples from its checkpoint: none written yet")
+            weights = read_safetensors(self.last_checkpoint / WEIGHTS_NAME)
+            plain = plain_copy(self.config.model, weights).eval()
+            return sample_text(plain, self.data.tokenizer(), settings)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -8,6 +8,9 @@ as one batch), plus what a real run needs:
   unscales before clipping and skips the step when gradients overflowed);
 * DDP: gradients are synchronised across processes only on the last micro-batch
   (``no_sync`` on the others), and the reported loss is the mean over all processes;
+* FSDP2 (a model sharded by ``fully_shard``): the same, with the gradients' reduce-scatter
+  skipped on the other micro-batches (``set_requires_gradient_sync(False)``), and clipping by
+  the norm of the *whole* gradient (each rank holds a slice: the norm is summed over ranks);
 * a non-finite loss raises :class:`NonFiniteLoss` *before* the optimizer step, so the weights in
   memory stay those of the last good step.
 """
@@ -23,6 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .fsdp import clip_grad_norm, is_sharded
 
 __all__ = ["NonFiniteLoss", "StepStats", "cross_entropy", "train_step"]
 
@@ -76,9 +81,12 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     k = len(micro_batches)
     scaling = scaler is not None and scaler.is_enabled()
+    sharded = is_sharded(model)
     losses = []
     for i, (x, y) in enumerate(micro_batches):
         last = i == k - 1
+        if sharded:  # accumulate unsharded; reduce-scatter on the last micro-batch only
+            model.set_requires_gradient_sync(last)  # type: ignore[operator]
         sync = model.no_sync() if isinstance(model, DDP) and not last else nullcontext()
         with sync:
             with autocast():
@@ -87,7 +95,7 @@ def train_step(
             scaled.backward()  # type: ignore[no-untyped-call]
         losses.append(loss.detach())
     total = torch.stack(losses).sum()
-    if isinstance(model, DDP):
+    if isinstance(model, DDP) or sharded:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)  # gloo has no AVG
         total /= dist.get_world_size()
     loss_value = float(total)  # one device sync per step
@@ -98,7 +106,8 @@ def train_step(
     grad_norm = float("nan")
     if grad_clip is not None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        clip = clip_grad_norm if sharded else torch.nn.utils.clip_grad_norm_
+        grad_norm = float(clip(params, grad_clip))
     if scaler is not None and scaling:
         scaler.step(optimizer)  # skipped when the gradients overflowed
         scaler.update()
