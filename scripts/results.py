@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         write(RESULTS / f"gates-{slug(gates.machine)[:40]}-{gates.date}.json", gates)
     elif args.command == "run":
         run_dir = Path(args.run_dir)
-        write(RESULTS / "runs" / f"{slug(args.name)}.json",
+        write(RESULTS / "training" / f"{slug(args.name)}.json",
               run_from_directory(run_dir, args.name, args.note))
     else:
         current, fresh = rendered_readme()
