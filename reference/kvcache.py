@@ -44,7 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["KVCache", "cache_update", "cached_attention", "cached_attention_mask"]
+__all__ = ["SDPA_GQA", "KVCache", "cache_update", "cached_attention", "cached_attention_mask"]
+
+# torch >= 2.5's scaled_dot_product_attention takes fewer key/value heads (enable_gqa=True)
+SDPA_GQA = torch.torch_version.TorchVersion(torch.__version__) >= "2.5"
 
 
 @dataclass
@@ -112,10 +115,22 @@ def cached_attention_mask(input_pos: Tensor, max_len: int) -> Tensor:
 
 def cached_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
     """Attention of the queries ``q`` (B, nh, T, hs) at slots ``input_pos`` (B, T) over the
-    cache (B, nh, S, hs), bottom-right aligned -> (B, nh, T, hs)."""
+    cache (B, nh, S, hs), bottom-right aligned -> (B, nh, T, hs).
+
+    A cache with fewer heads than ``q`` (grouped-query attention, n_kv dividing nh) serves each
+    of its heads to ``nh // n_kv`` consecutive query heads, without copying the cache."""
     mask = cached_attention_mask(input_pos, k_cache.shape[2])
-    return F.scaled_dot_product_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype),
-                                          attn_mask=mask, scale=1.0 / math.sqrt(q.size(-1)))
+    k, v = k_cache.to(q.dtype), v_cache.to(q.dtype)
+    scale = 1.0 / math.sqrt(q.size(-1))
+    if k.shape[1] == q.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if SDPA_GQA:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=True)
+    n_rep = q.shape[1] // k.shape[1]  # torch < 2.5: repeat the heads (a copy)
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(n_rep, dim=1),
+                                          v.repeat_interleave(n_rep, dim=1), attn_mask=mask,
+                                          scale=scale)
 
 
 # ---------------------------------------------------------------- the spec's functional API

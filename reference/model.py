@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,7 @@ class GPTConfig(Settings):
     construction (a pydantic model, frozen): a bad value raises ``ValueError`` naming the field.
     """
 
+    arch: Literal["gpt2"] = "gpt2"  # which model (reference.arch); a dict without it is GPT-2
     block_size: PositiveInt = 1024  # longest sequence the model sees (learned positions)
     vocab_size: PositiveInt = 50257  # GPT-2's: 50,000 merges + 256 bytes + <|endoftext|>
     n_layer: PositiveInt = 12
@@ -230,6 +231,11 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+    def blocks(self) -> list[Block]:
+        """The transformer blocks in order (``transformer.h``), as :class:`reference.llama.Llama`
+        lists its own: what sharding and per-block compilation walk over."""
+        return [cast(Block, block) for block in self.transformer.h]
 
     def set_activation_checkpointing(self, enabled: bool = True) -> GPT:
         """Recompute each block's activations in the backward pass instead of storing them
