@@ -1,4 +1,4 @@
-"""A LoRA training step vs full fine-tuning, and peft on Hugging Face GPT-2 (the peer).
+"""A LoRA training step vs full fine-tuning, and peft on Hugging Face GPT-2 or Llama (the peer).
 
 One step is forward + cross-entropy + backward + AdamW on the trainable parameters, on a (B, T)
 batch of one small GPT (the same weights everywhere):
@@ -7,6 +7,10 @@ batch of one small GPT (the same weights everywhere):
 * ``reference full``: the reference GPT, every weight trained;
 * ``peft lora`` (the peer): ``peft.get_peft_model`` on ``transformers.GPT2LMHeadModel`` with
   the same targets and rank (``fan_in_fan_out`` for GPT-2's Conv1D).
+
+The Llama groups do the same with the reference Llama (``reference.llama``, grouped-query
+attention, LoRA on its default targets q/k/v/o) against peft on ``transformers.LlamaForCausalLM``
+holding the same weights (``reference.hf_llama.to_hf_model``, sdpa attention).
 
 Figures beside the time: ``trainable`` (the fraction of parameters that train), ``train_mb``
 (what a step holds: every weight, plus a gradient and AdamW's two moments per trainable
@@ -31,9 +35,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.conftest import device_name
+from reference.arch import build_model
 from reference.checkpoint import WEIGHTS_NAME, save_checkpoint
 from reference.hf import config_to_hf, to_hf_state_dict
-from reference.lora import ADAPTER_WEIGHTS, apply_lora, save_adapter, trainable_parameters
+from reference.hf_llama import to_hf_model
+from reference.llama import Llama, LlamaConfig
+from reference.lora import (
+    ADAPTER_WEIGHTS,
+    LLAMA_TARGETS,
+    apply_lora,
+    save_adapter,
+    trainable_parameters,
+)
 from reference.model import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers")
@@ -43,20 +56,28 @@ CPU_CONFIG = GPTConfig(block_size=128, vocab_size=8192, n_layer=4, n_head=8, n_e
 CPU_BATCH = 8
 CUDA_CONFIG = GPTConfig()  # GPT-2 small, 124M, T = 1024
 CUDA_BATCH = 8
+CPU_LLAMA = LlamaConfig(block_size=128, vocab_size=8192, n_layer=4, n_head=8, n_kv_head=2,
+                        n_embd=256)
+CUDA_LLAMA = LlamaConfig(block_size=1024, vocab_size=32000, n_layer=12, n_head=12, n_kv_head=4,
+                         n_embd=768)  # Llama-style at GPT-2 small's width and depth
 R, ALPHA = 8, 16
 WHO = ("reference lora", "reference full", "peft lora")
 
 
-def make_model(who: str, config: GPTConfig, device: torch.device) -> nn.Module:
+def make_model(who: str, config: GPTConfig | LlamaConfig, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    ours = GPT(config)
+    ours = build_model(config)
     if who == "reference full":
         return ours.to(device).train()
     if who == "reference lora":
         apply_lora(ours, r=R, alpha=ALPHA)
         return ours.to(device).train()
+    if isinstance(ours, Llama):
+        lora = peft.LoraConfig(target_modules=list(LLAMA_TARGETS), r=R, lora_alpha=ALPHA,
+                               lora_dropout=0.0)
+        return peft.get_peft_model(to_hf_model(ours), lora).to(device).train()
     hf = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(**config_to_hf(config), attn_implementation="sdpa"))
+        transformers.GPT2Config(**config_to_hf(ours.config), attn_implementation="sdpa"))
     hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=True)
     lora = peft.LoraConfig(target_modules=["c_attn", "c_proj", "c_fc"], r=R, lora_alpha=ALPHA,
                            fan_in_fan_out=True, lora_dropout=0.0)
@@ -123,9 +144,9 @@ def record(benchmark: Any, who: str, model: nn.Module, idx: Tensor, targets: Ten
     benchmark.extra_info["train_mb"] = (nbytes(params) + grads_and_moments + activations) / 2**20
     benchmark.extra_info["tokens_per_s"] = 0.0  # filled in after the run
     if who == "reference lora":
-        assert isinstance(model, GPT)
+        assert isinstance(model, GPT | Llama)
         save_adapter(model, tmp_path / "adapter")
-        full = GPT(model.config)
+        full = build_model(model.config)
         save_checkpoint(full, tmp_path / "full")
         adapter = tmp_path / "adapter" / ADAPTER_WEIGHTS
         checkpoint = tmp_path / "full" / WEIGHTS_NAME
@@ -137,7 +158,8 @@ def record(benchmark: Any, who: str, model: nn.Module, idx: Tensor, targets: Ten
             tmp_path / "peft" / "adapter_model.safetensors").stat().st_size / 1024
 
 
-def run(benchmark: Any, who: str, config: GPTConfig, batch: int, device: torch.device,
+def run(benchmark: Any, who: str, config: GPTConfig | LlamaConfig, batch: int,
+        device: torch.device,
         tmp_path: Path, group: str) -> None:
     model = make_model(who, config, device)
     g = torch.Generator().manual_seed(1)
@@ -162,3 +184,17 @@ def test_lora_training_step_cuda(benchmark: Any, cuda: torch.device, who: str,
                                  tmp_path: Path) -> None:
     run(benchmark, who, CUDA_CONFIG, CUDA_BATCH, cuda, tmp_path,
         "lora training step cuda (GPT-2 small, B=8, T=1024, r=8, float32)")
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_lora_llama_training_step_cpu(benchmark: Any, who: str, tmp_path: Path) -> None:
+    run(benchmark, who, CPU_LLAMA, CPU_BATCH, torch.device("cpu"), tmp_path,
+        "lora llama training step cpu (4 layers, 256 wide, 8/2 heads, B=8, T=128, r=8, qkvo)")
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_lora_llama_training_step_cuda(benchmark: Any, cuda: torch.device, who: str,
+                                       tmp_path: Path) -> None:
+    run(benchmark, who, CUDA_LLAMA, CUDA_BATCH, cuda, tmp_path,
+        "lora llama training step cuda (12 layers, 768 wide, 12/4 heads, B=8, T=1024, r=8, "
+        "qkvo, float32)")

@@ -8,7 +8,9 @@ torch.ao's dynamic quantization (the named peers; torchao's too when it is insta
   that loads the float32 or the int8 checkpoint; the time is that of ``quantize`` itself.
 * ``quantization perplexity ...``: a character-level model trained here (``configs/tiny_cpu.yaml``
   for 300 steps on the built-in corpus), its validation perplexity in float32 (the peer) and
-  quantized each way (goal: within 1%); the time is that of the evaluation.
+  quantized each way (goal: within 1%); the time is that of the evaluation. The same for a
+  Llama-style model (``model.arch=llama``, grouped-query attention with 2 key/value heads) and
+  a mixture of experts (``model.n_experts=4``, top-2; its router stays float) on that recipe.
 * ``quantization decode cpu gpt2-124M``: tokens per second of ``generate`` (KV cache, greedy,
   batch 1, a 32-token prompt, 64 new tokens) on GPT-2 small's shape with random weights: our
   float32 model (the peer), int8 weight-only, int8 ``"dynamic"``, torch.ao's
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 
 from benchmarks.conftest import device_name
+from reference.arch import build_model
 from reference.checkpoint import save_checkpoint
 from reference.generate import generate
 from reference.model import GPT, GPTConfig
@@ -52,7 +55,9 @@ QUIET = ["train.progress=false", "train.tensorboard=false", "train.plot=false"]
 
 
 def _is_block_linear(module: nn.Module, name: str) -> bool:
-    return isinstance(module, nn.Linear) and name.startswith("transformer.h.")
+    """What ``quantize`` swaps: the blocks' linears of a GPT or a Llama, not a router."""
+    block = name.startswith(("transformer.h.", "model.layers."))
+    return isinstance(module, nn.Linear) and block and not name.endswith("mlp.gate")
 
 
 def torch_ao_dynamic(model: GPT) -> nn.Module:
@@ -175,6 +180,7 @@ def test_linear_weight_memory_gpt2_small(benchmark: Any, tmp_path: Path) -> None
     model = GPT(GPTConfig()).eval()
     fp32 = linear_weight_bytes(model)
     save_checkpoint(model, tmp_path / "fp32")
+    benchmark.group = "quantization memory gpt2-124M"  # before the run, as every group here
     benchmark.pedantic(quantize, args=(model,), rounds=1, iterations=1)
     int8 = linear_weight_bytes(model)
     save_checkpoint(model, tmp_path / "int8")
@@ -194,23 +200,30 @@ def test_linear_weight_memory_gpt2_small(benchmark: Any, tmp_path: Path) -> None
 
 # ----------------------------------------------------------------------------- perplexity
 
-_trained: dict[str, Any] = {}
+_trained: dict[str, dict[str, Any]] = {}
+ARCHS = {  # the model settings over configs/tiny_cpu.yaml's
+    "gpt2": [],
+    "llama": ["model.arch=llama", "model.n_kv_head=2"],
+    "moe": ["model.arch=llama", "model.n_kv_head=2", "model.n_experts=4",
+            "model.intermediate_size=128"],
+}
 
 
-def trained_char_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """configs/tiny_cpu.yaml for 300 steps (about half a minute on two cores), once per run."""
-    if not _trained:
+def trained_char_model(tmp_path_factory: pytest.TempPathFactory, arch: str = "gpt2") -> Any:
+    """configs/tiny_cpu.yaml for 300 steps (about half a minute on two cores), once per run
+    and architecture."""
+    if arch not in _trained:
         from reference.trainer.config import load_config
         from reference.trainer.loop import Trainer
 
-        out = tmp_path_factory.mktemp("char")
+        out = tmp_path_factory.mktemp(f"char-{arch}")
         config = load_config(ROOT / "configs" / "tiny_cpu.yaml", [
             f"train.out_dir={out}", "train.device=cpu", "train.max_steps=300",
-            "train.eval_interval=300", *QUIET])
+            "train.eval_interval=300", *QUIET, *ARCHS[arch]])
         trainer = Trainer(config)
         trainer.fit()
-        _trained["trainer"] = trainer
-    return _trained["trainer"]
+        _trained[arch] = {"trainer": trainer}
+    return _trained[arch]["trainer"]
 
 
 @torch.no_grad()
@@ -229,18 +242,25 @@ def perplexity(model: nn.Module, val_tokens: Any, batches: int = 40) -> float:
     return math.exp(total / batches)
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("who", list(VARIANTS))
 def test_validation_perplexity_of_a_trained_char_model(
-    benchmark: Any, who: str, tmp_path_factory: pytest.TempPathFactory
+    benchmark: Any, who: str, arch: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    trainer = trained_char_model(tmp_path_factory)
-    float_model = trainer.model.eval()
+    trainer = trained_char_model(tmp_path_factory, arch)
+    float_model = build_model(trainer.model.config)  # the weights alone: no trainer's hooks
+    float_model.load_state_dict(trainer.model.state_dict())
+    float_model.eval()
     model = VARIANTS[who](float_model).eval()
+    name = {"gpt2": "", "llama": " llama (4/2 heads)", "moe": " llama moe (4 experts, top-2)"}
+    group = f"quantization perplexity tiny_cpu char{name[arch]}, 300 steps"
+    benchmark.group = group  # before the run: pytest-benchmark reads it when it starts
     ppl = benchmark.pedantic(lambda: perplexity(model, trainer.val_tokens), rounds=1,
                              iterations=1)
-    base = _trained.setdefault("fp32", perplexity(float_model, trainer.val_tokens))
-    _record(benchmark, "quantization perplexity tiny_cpu char, 300 steps", who, "cpu",
-            perplexity=ppl, vs_fp32=ppl / base - 1)
+    if "fp32" not in _trained[arch]:
+        _trained[arch]["fp32"] = perplexity(float_model, trainer.val_tokens)
+    base = _trained[arch]["fp32"]
+    _record(benchmark, group, who, "cpu", perplexity=ppl, vs_fp32=ppl / base - 1)
     print(f"\n{who}: validation perplexity {ppl:.4f} ({100 * (ppl / base - 1):+.3f}% vs float32; "
           "goal within 1%)")
 
@@ -269,6 +289,7 @@ def test_decode_tokens_per_second_cpu(benchmark: Any, who: str) -> None:
         with torch.inference_mode():
             return generate(model, prompt, NEW_TOKENS, temperature=0.0)  # type: ignore[arg-type]
 
+    benchmark.group = "quantization decode cpu gpt2-124M, B=1, 32+64 greedy"  # before the run
     out = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     assert out.shape == (1, PROMPT + NEW_TOKENS)
     tokens_per_s = NEW_TOKENS / benchmark.stats.stats.median
@@ -305,8 +326,8 @@ def test_decode_tokens_per_second_cuda(benchmark: Any, cuda: torch.device, who: 
         torch.cuda.synchronize()
         return out
 
+    benchmark.group = "quantization decode cuda gpt2-124M, B=1, 32+64 greedy"  # before the run
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-    benchmark.group = "quantization decode cuda gpt2-124M, B=1, 32+64 greedy"
     benchmark.extra_info.update({
         "impl": who, "device": device_name(cuda), "peer": who == "float32",
         "tokens_per_s": NEW_TOKENS / benchmark.stats.stats.median,

@@ -22,9 +22,13 @@ So a request's tokens are the ones it gets alone with the same seed, whatever jo
 beside it (exactly so up to floating-point rounding: batch shapes change the order of sums).
 
 Positions: a request's token at index i of prompt + tokens sits at cache slot i, which is also
-its position. With learned positions nothing slides: a request ends (reason ``"length"``) when
-its sequence fills the cache (``max_len``, at most ``block_size``); a prompt longer than that is
-refused.
+its position: GPT-2's learned position, a Llama's rotary angle (each row of a decode step at its
+own, from ``input_pos``). Nothing slides: a request ends (reason ``"length"``) when its sequence
+fills the cache (``max_len``, at most ``block_size``); a prompt longer than that is refused.
+
+Either architecture (``reference.arch``) runs here: a GPT-2, or a Llama-style model (dense or a
+mixture of experts; grouped-query attention keeps ``n_kv_head`` heads per row in the cache),
+int8-quantized or not: the engine uses only the model's forward pass and ``new_cache``.
 
 :class:`Engine` runs this loop in its own thread, which owns the model: callers (an asyncio
 server, other threads) only :meth:`Engine.submit` requests, read each one's :class:`Stream`
@@ -60,7 +64,10 @@ import torch
 
 from .generate import sample_next_token
 from .kvcache import KVCache
+from .llama import Llama
 from .model import GPT
+
+Model = GPT | Llama  # either architecture (reference.arch): the same forward and new_cache
 
 __all__ = ["Batch", "Engine", "EngineStopped", "QueueFullError", "Request", "Sequence", "Stream",
            "admit", "decode_step", "enqueue", "finish_reason", "prefill", "retire", "run_batched",
@@ -150,7 +157,7 @@ class Sequence:
         return len(self.request.prompt) + len(self.tokens) - 1
 
 
-def start(request: Request, model: GPT, max_len: int | None = None) -> Sequence:
+def start(request: Request, model: Model, max_len: int | None = None) -> Sequence:
     """A :class:`Sequence` for ``request`` on ``model``'s device, for a cache of ``max_len``
     slots (default and at most ``block_size``): its prompt is checked against the model (ids in
     the vocabulary, length within ``max_len``: ValueError naming both), ``max_tokens`` is capped
@@ -165,7 +172,7 @@ def start(request: Request, model: GPT, max_len: int | None = None) -> Sequence:
     if max(prompt) >= cfg.vocab_size:
         raise ValueError(f"token id {max(prompt)} in the prompt is outside the vocabulary "
                          f"[0, {cfg.vocab_size})")
-    generator = torch.Generator(device=model.transformer.wpe.weight.device)
+    generator = torch.Generator(device=next(model.parameters()).device)
     if request.seed is None:
         generator.seed()
     else:
@@ -181,7 +188,7 @@ class Batch:
     active: list[Sequence] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, model: GPT, max_batch: int, max_len: int | None = None) -> Batch:
+    def empty(cls, model: Model, max_batch: int, max_len: int | None = None) -> Batch:
         if not _int(max_batch) or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
         limit = min(max_len or model.config.block_size, model.config.block_size)
@@ -223,7 +230,7 @@ def _draw(seq: Sequence, logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prefill(model: GPT, seq: Sequence, cache: KVCache) -> None:
+def prefill(model: Model, seq: Sequence, cache: KVCache) -> None:
     """Run ``seq``'s prompt through ``model`` in one pass into ``cache`` (one row: slots
     ``0..T-1``) and append its first token, drawn from the last position's logits."""
     prompt = torch.tensor([seq.request.prompt], device=cache.k[0].device)  # (1, T)
@@ -237,7 +244,7 @@ def prefill(model: GPT, seq: Sequence, cache: KVCache) -> None:
     seq.tokens.append(int(token))
 
 
-def admit(model: GPT, waiting: deque[Sequence], batch: Batch) -> list[Sequence]:
+def admit(model: Model, waiting: deque[Sequence], batch: Batch) -> list[Sequence]:
     """Move waiting sequences into the batch, first in first out, while a row is free: each is
     prefilled into row ``len(batch.active)``. A cancelled one leaves without a forward pass; one
     finished at its first token takes no row. Returns every sequence taken from ``waiting``;
@@ -256,7 +263,7 @@ def admit(model: GPT, waiting: deque[Sequence], batch: Batch) -> list[Sequence]:
 
 
 @torch.no_grad()
-def decode_step(model: GPT, batch: Batch) -> None:
+def decode_step(model: Model, batch: Batch) -> None:
     """One token for every active sequence: a single forward pass of their last tokens (n, 1)
     at their own positions over the cache's rows ``0..n-1``, then a draw per row with that
     request's settings and generator."""
@@ -294,7 +301,7 @@ def retire(batch: Batch) -> list[Sequence]:
     return gone
 
 
-def run_batched(model: GPT, requests: list[Request], max_batch: int,
+def run_batched(model: Model, requests: list[Request], max_batch: int,
                 arrivals: list[int] | None = None) -> list[list[int]]:
     """Every request's tokens, generated as one continuous batch of at most ``max_batch``:
     request i joins the waiting queue at step ``arrivals[i]`` (default 0); each step retires,
@@ -416,7 +423,7 @@ class Engine:
     context manager to start and stop it. Put the model in eval mode first.
     """
 
-    def __init__(self, model: GPT, *, max_batch: int = 8, max_waiting: int = 64,
+    def __init__(self, model: Model, *, max_batch: int = 8, max_waiting: int = 64,
                  max_len: int | None = None) -> None:
         for name, value in (("max_batch", max_batch), ("max_waiting", max_waiting)):
             if not _int(value) or value < 1:

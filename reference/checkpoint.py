@@ -1,10 +1,15 @@
-"""Saving and loading a GPT: weights in safetensors, the config in JSON, written atomically.
+"""Saving and loading a model: weights in safetensors, the config in JSON, written atomically.
 
 A checkpoint is a directory::
 
     config.json         {"model_type": "llm-from-scratch-gpt", "format_version": 1, "config": {...}}
-    model.safetensors   the state dict, GPT-2's names, nn.Linear layout, without the tied
-                        ``lm_head.weight`` (it is ``transformer.wte.weight``)
+    model.safetensors   the state dict, nn.Linear layout, without a tied ``lm_head.weight``
+                        (GPT-2's is ``transformer.wte.weight``; a tied Llama's is
+                        ``model.embed_tokens.weight``)
+
+The config's ``arch`` picks the model (``reference.arch``): ``"gpt2"`` (GPT-2's names) or
+``"llama"`` (Hugging Face Llama's names, with or without experts). A config without ``arch``
+(every checkpoint written before there was a choice) is GPT-2.
 
 A quantized model (``reference/quantization.py``) adds ``"quantization": {"method":
 "int8-per-channel", "version": 1}`` to ``config.json``; its file then holds, for each linear
@@ -29,15 +34,17 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .arch import build_model
 from .atomic import atomic_path, write_json
 from .console import Notice
+from .llama import Llama, LlamaConfig
 from .model import GPT, GPTConfig
 from .quantization import METHOD, VERSION, Int8Linear, quantization_of, quantize
 from .settings import ValidationError, one_line
@@ -50,6 +57,34 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "llm-from-scratch-gpt"
 FORMAT_VERSION = 1
 TIED_KEYS = ("lm_head.weight",)  # shares its tensor with transformer.wte.weight
+
+Model = GPT | Llama  # what a checkpoint holds
+M = TypeVar("M", bound=GPT | Llama)
+ARCHS: dict[str, type[GPTConfig] | type[LlamaConfig]] = {"gpt2": GPTConfig, "llama": LlamaConfig}
+
+
+def tied_keys(model: Model) -> dict[str, str]:
+    """``model``'s tied state-dict keys: the one a checkpoint leaves out -> the one it keeps.
+
+    >>> tied_keys(GPT(GPTConfig(block_size=4, vocab_size=8, n_layer=1, n_head=1, n_embd=8)))
+    {'lm_head.weight': 'transformer.wte.weight'}
+    """
+    if isinstance(model, Llama):
+        return {"lm_head.weight": "model.embed_tokens.weight"} \
+            if model.config.tie_word_embeddings else {}
+    return {"lm_head.weight": "transformer.wte.weight"}
+
+
+def retie(model: Model) -> Model:
+    """Tie ``model``'s head to its embedding again, the head taking the embedding's tensor
+    (``to_empty`` or ``assign=True`` loading replace the shared tensor by two, and a checkpoint
+    holds the embedding's); a no-op for an untied model."""
+    if isinstance(model, Llama):
+        if model.config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+    else:
+        model.lm_head.weight = model.transformer.wte.weight
+    return model
 
 
 def save_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Tensor]) -> None:
@@ -110,13 +145,14 @@ def _what_is_wrong(path: Path, error: Exception) -> str:
     return f"not a valid safetensors file ({error})"
 
 
-def load_weights(model: GPT, state_dict: Mapping[str, Tensor]) -> GPT:
+def load_weights(model: M, state_dict: Mapping[str, Tensor]) -> M:
     """Copy ``state_dict`` into ``model``; a ValueError lists missing, unexpected or misshapen keys.
 
-    The tied ``lm_head.weight`` may be absent (it is ``transformer.wte.weight``).
+    A tied ``lm_head.weight`` may be absent (GPT-2's is ``transformer.wte.weight``).
     """
-    expected = {k: v.shape for k, v in model.state_dict().items() if k not in TIED_KEYS}
-    given = {k: v for k, v in state_dict.items() if k not in TIED_KEYS}
+    tied = tied_keys(model)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
+    given = {k: v for k, v in state_dict.items() if k not in tied}
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys())
     if missing or unexpected:
@@ -132,11 +168,12 @@ def load_weights(model: GPT, state_dict: Mapping[str, Tensor]) -> GPT:
     return model
 
 
-def save_checkpoint(model: GPT, directory: str | os.PathLike[str]) -> Path:
+def save_checkpoint(model: Model, directory: str | os.PathLike[str]) -> Path:
     """Write ``model``'s config and weights into ``directory`` (created if needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {k: v for k, v in model.state_dict().items() if k not in TIED_KEYS}
+    tied = tied_keys(model)
+    weights = {k: v for k, v in model.state_dict().items() if k not in tied}
     save_safetensors(directory / WEIGHTS_NAME, weights)
     config: dict[str, Any] = {
         "model_type": MODEL_TYPE,
@@ -160,8 +197,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def read_config(path: str | os.PathLike[str]) -> GPTConfig:
-    """The GPTConfig in a checkpoint's ``config.json``; a ValueError names what is wrong."""
+def read_config(path: str | os.PathLike[str]) -> GPTConfig | LlamaConfig:
+    """The model config in a checkpoint's ``config.json`` (its ``arch``'s, GPT-2's when it
+    names none); a ValueError names what is wrong."""
     path = Path(path)
     raw = read_json(path)
     if not isinstance(raw, dict) or raw.get("model_type") != MODEL_TYPE:
@@ -175,12 +213,23 @@ def read_config(path: str | os.PathLike[str]) -> GPTConfig:
     cfg = raw.get("config")
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: 'config' must be an object, got {cfg!r}")
-    if missing := sorted(GPTConfig.model_fields.keys() - cfg.keys() - {"arch"}):
-        raise ValueError(f"{path}: missing config fields {missing}")
-    try:
-        return GPTConfig.model_validate(cfg)
+    arch = cfg.get("arch", "gpt2")
+    if arch not in ARCHS:
+        raise ValueError(f"{path}: config.arch {arch!r} is not a known architecture "
+                         f"({', '.join(ARCHS)})")
+    cls = ARCHS[arch]
+    if missing := sorted(cls.model_fields.keys() - cfg.keys() - _OPTIONAL[arch]):
+        raise ValueError(f"{path}: missing config fields {missing} (arch {arch})")
+    try:  # the arch's own class, so that an error names the field without the union's tag
+        return cls.model_validate({**cfg, "arch": arch})
     except ValidationError as e:
-        raise ValueError(one_line(e, GPTConfig, origin=str(path), prefix="config.")) from None
+        raise ValueError(one_line(e, cls, origin=str(path), prefix="config.")) from None
+
+
+# Fields a checkpoint may lack: the arch (GPT-2 checkpoints from before there was a choice);
+# a field added to an architecture later, whose default keeps the old behaviour, goes here too.
+_OPTIONAL: dict[str, set[str]] = {"gpt2": {"arch"}, "llama": set()}
+
 
 
 def read_quantization(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -198,21 +247,22 @@ def read_quantization(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return known
 
 
-def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> GPT:
-    """The GPT saved in ``directory`` by :func:`save_checkpoint`, on ``device``, in eval mode;
-    a quantized one with its int8 layers (weight-only: ``quantize(model, "dynamic")`` switches)."""
+def load_checkpoint(directory: str | os.PathLike[str],
+                    device: str | torch.device = "cpu") -> Model:
+    """The model (GPT or Llama, by its config's arch) saved in ``directory`` by
+    :func:`save_checkpoint`, on ``device``, in eval mode; a quantized one with its int8
+    layers (weight-only: ``quantize(model, "dynamic")`` switches)."""
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found: not a checkpoint directory")
     config = read_config(directory / CONFIG_NAME)
     quantized = read_quantization(directory / CONFIG_NAME) is not None
-    with torch.device("meta"):
-        model = GPT(config)
-        if quantized:
+    model = skeleton(config)
+    if quantized:
+        with torch.device("meta"):
             quantize(model)  # the structure only: int8 weight and scale buffers
-    model = model.to_empty(device=device)
-    model.transformer.wte.weight = model.lm_head.weight  # to_empty keeps one tensor per tie
+    model = retie(model.to_empty(device=device))  # to_empty keeps one tensor per tie
     state = read_safetensors(directory / WEIGHTS_NAME, device=device)
     if quantized:
         _check_int8(model, state, directory / WEIGHTS_NAME)
@@ -220,7 +270,17 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.devic
     return model.eval()
 
 
-def _check_int8(model: GPT, state: Mapping[str, Tensor], path: Path) -> None:
+def skeleton(config: GPTConfig | LlamaConfig) -> Model:
+    """A model of ``config`` whose weights are not initialised (on the meta device, where it
+    can be built there): ``to_empty`` then a load fills it."""
+    try:
+        with torch.device("meta"):
+            return build_model(config)
+    except NotImplementedError:  # a model that computes tables on the CPU as it is built
+        return build_model(config)
+
+
+def _check_int8(model: Model, state: Mapping[str, Tensor], path: Path) -> None:
     """A quantized checkpoint's int8 weights must be int8 in the file (a float one would be
     cast silently by ``load_state_dict``)."""
     names = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Int8Linear)}

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .llama import Llama
 from .model import GPT, check_idx, check_token_ids
 
 
@@ -124,7 +125,7 @@ class _Options:
 
 
 def _check_generation_args(
-    model: GPT, idx: Tensor, max_new_tokens: int, options: _Options, seed: int | None,
+    model: GPT | Llama, idx: Tensor, max_new_tokens: int, options: _Options, seed: int | None,
     generator: torch.Generator | None, lengths: Tensor | None,
 ) -> None:
     """Validation at the edge, once per call: the ids' range is read here (one device sync),
@@ -160,7 +161,7 @@ def _check_generation_args(
 
 
 def stream(
-    model: GPT,
+    model: GPT | Llama,
     idx: Tensor,
     max_new_tokens: int,
     *,
@@ -215,7 +216,7 @@ def stream(
 
 
 def _stream(
-    model: GPT, idx: Tensor, max_new_tokens: int, o: _Options,
+    model: GPT | Llama, idx: Tensor, max_new_tokens: int, o: _Options,
     generator: torch.Generator | None, lengths: Tensor | None,
 ) -> Iterator[Tensor]:
     block_size = model.config.block_size
@@ -263,7 +264,7 @@ def _stream(
 
 
 def generate(
-    model: GPT,
+    model: GPT | Llama,
     idx: Tensor,
     max_new_tokens: int,
     *,
@@ -288,7 +289,7 @@ def generate(
 
 
 def generate_batch(
-    model: GPT,
+    model: GPT | Llama,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     **options: Any,
@@ -298,7 +299,7 @@ def generate_batch(
     that produced ``eos_id`` ends with it."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("give at least one prompt, each of at least one token")
-    device = model.transformer.wpe.weight.device
+    device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     idx = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
     for row, p in enumerate(prompts):

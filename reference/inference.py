@@ -31,6 +31,7 @@ from pydantic import Field
 
 from .checkpoint import TRAINER_NAME, find_checkpoint, load_checkpoint
 from .generate import stream
+from .llama import Llama
 from .model import GPT
 from .settings import (
     NonNegativeFloat,
@@ -63,7 +64,7 @@ class SampleSettings(Settings):
 class Loaded:
     """A model ready to generate: in eval mode, on ``device``, with its tokenizer."""
 
-    model: GPT
+    model: GPT | Llama
     tokenizer: Tokenizer
     checkpoint: Path  # the checkpoint directory it came from
     sample: SampleSettings  # the run's sample section (the defaults for a bare model checkpoint)
@@ -133,7 +134,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
     return ids[-block_size:]
 
 
-def stream_text(model: GPT, tokenizer: Tokenizer, settings: SampleSettings, *,
+def stream_text(model: GPT | Llama, tokenizer: Tokenizer, settings: SampleSettings, *,
                 use_cache: bool = True,
                 on_token: Callable[[int], None] | None = None) -> Iterator[str]:
     """The continuation of ``settings.prompt`` (one sample), as text pieces while it is drawn.
@@ -163,7 +164,7 @@ def stream_text(model: GPT, tokenizer: Tokenizer, settings: SampleSettings, *,
         yield tail
 
 
-def sample_text(model: GPT, tokenizer: Tokenizer, settings: SampleSettings) -> list[str]:
+def sample_text(model: GPT | Llama, tokenizer: Tokenizer, settings: SampleSettings) -> list[str]:
     """``settings.num_samples`` continuations of ``settings.prompt``, prompt included, drawn
     as one batch; each ends at the tokenizer's end-of-text token if it draws one."""
     device = next(model.parameters()).device

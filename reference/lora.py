@@ -9,12 +9,26 @@ with ``A`` (r, in), ``B`` (out, r), ``r`` much smaller than in and out, and ``W`
 wrapped model computes exactly what the base model does and training starts from it. Dropout is
 on the LoRA path's input only, in training mode only; the base path never sees it.
 
-:func:`apply_lora` wraps the linear layers whose names end with one of ``targets`` (GPT-2's:
-the fused qkv projection, the attention output and both MLP projections), in place, and leaves
-only the LoRA parameters trainable. :func:`merge_lora` folds ``ΔW`` into the base weights (one
-matmul per layer at inference, as fast as the base model) and :func:`unmerge_lora` takes it out
-again; :func:`unwrap_lora` merges and puts the plain ``nn.Linear`` back (peft's
-``merge_and_unload``), so the model's state dict has GPT-2's names again.
+:func:`apply_lora` wraps the linear layers whose names end with one of ``targets``, in place,
+and leaves only the LoRA parameters trainable. The default targets depend on the model
+(:func:`default_targets`): GPT-2's four projections (the fused qkv, the attention output, both
+MLP layers: :data:`DEFAULT_TARGETS`); for a Llama-style model (``reference.llama``) the four
+attention projections ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (:data:`LLAMA_TARGETS`).
+That is more than peft's default for Llama (``q_proj`` and ``v_proj`` only, the LoRA paper's
+choice) and fewer than QLoRA's "all linear layers": the attention projections are where GPT-2's
+default puts half its adapters too, and for a mixture of experts they are shared by every token
+(an adapter on an expert trains on only the tokens routed to it). Add ``gate_proj``,
+``up_proj``, ``down_proj`` (:data:`LLAMA_MLP_TARGETS`) for the feed-forward, every expert's
+included; a mixture of experts' router (``mlp.gate``) matches none of these names.
+:func:`check_lora_targets` checks a configuration's targets against an ``arch`` before any
+model is built.
+
+:func:`merge_lora` folds ``ΔW`` into the base weights (one matmul per layer at inference, as
+fast as the base model) and :func:`unmerge_lora` takes it out again; :func:`unwrap_lora` merges
+and puts the plain ``nn.Linear`` back (peft's ``merge_and_unload``), so the model's state dict
+has its plain names again (GPT-2's, or Hugging Face Llama's: ``reference.hf_llama`` exports it).
+A Llama with ``rope_layout="interleaved"`` keeps its q and k adapters in that layout (the
+export permutes only the merged weights).
 
 How exact is unmerge: ``W + ΔW`` is rounded once when merged and ``(W + ΔW) - ΔW`` once more
 when unmerged, so each weight comes back within ``eps · (|W| + |W + ΔW|)`` (float32's eps,
@@ -58,6 +72,7 @@ from torch import Tensor, nn
 
 from .atomic import write_json
 from .checkpoint import read_json, read_safetensors, save_safetensors
+from .llama import LlamaConfig
 from .model import GPTConfig
 
 __all__ = [
@@ -65,9 +80,13 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "DEFAULT_TARGETS",
     "FORMAT_VERSION",
+    "LLAMA_MLP_TARGETS",
+    "LLAMA_TARGETS",
     "LoRALinear",
     "apply_lora",
     "check_lora_settings",
+    "check_lora_targets",
+    "default_targets",
     "find_targets",
     "load_adapter",
     "load_lora_state_dict",
@@ -81,7 +100,9 @@ __all__ = [
     "unwrap_lora",
 ]
 
-DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2's
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # a Llama's default: the attention
+LLAMA_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")  # the SwiGLU (and each expert's)
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_TYPE = "lora"
@@ -100,6 +121,48 @@ def check_lora_settings(r: int, alpha: float, dropout: float) -> None:
         raise ValueError(f"LoRA alpha must be a number > 0, got {alpha!r}")
     if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+
+
+def default_targets(model_or_arch: nn.Module | str) -> tuple[str, ...]:
+    """The LoRA targets :func:`apply_lora` uses when given none: :data:`LLAMA_TARGETS` for a
+    Llama-style model (or ``arch`` ``"llama"``), else GPT-2's :data:`DEFAULT_TARGETS`.
+
+        >>> default_targets("llama")
+        ('q_proj', 'k_proj', 'v_proj', 'o_proj')
+    """
+    arch = (model_or_arch if isinstance(model_or_arch, str)
+            else getattr(getattr(model_or_arch, "config", None), "arch", "gpt2"))
+    return LLAMA_TARGETS if arch == "llama" else DEFAULT_TARGETS
+
+
+# the last name component of every linear layer LoRA may wrap, per architecture
+_ARCH_LINEARS = {"gpt2": ("c_attn", "c_proj", "c_fc"),
+                 "llama": LLAMA_TARGETS + LLAMA_MLP_TARGETS}
+
+
+def check_lora_targets(targets: Sequence[str], arch: str) -> None:
+    """Raise ValueError naming the first target pattern that names no linear layer of the
+    blocks of an ``arch`` model (``"gpt2"`` or ``"llama"``), and the ones there are: for a
+    configuration, before any model is built (:func:`find_targets` checks against the model
+    itself). A pattern is judged by its last name component (``transformer.h.*.attn.c_attn``
+    by ``c_attn``).
+
+        >>> check_lora_targets(["q_proj", "mlp.down_proj"], "llama")
+        >>> check_lora_targets(["attn.c_attn"], "llama")
+        Traceback (most recent call last):
+        ...
+        ValueError: LoRA target 'attn.c_attn' names no linear layer of a llama model; its...
+    """
+    if arch not in _ARCH_LINEARS:
+        raise ValueError(f"unknown arch {arch!r}: one of {sorted(_ARCH_LINEARS)}")
+    if isinstance(targets, str) or not targets:
+        raise ValueError(f"LoRA targets must be a non-empty list of module-name patterns, got "
+                         f"{targets!r}")
+    names = _ARCH_LINEARS[arch]
+    for pattern in targets:
+        if not isinstance(pattern, str) or pattern.rpartition(".")[2] not in names:
+            raise ValueError(f"LoRA target {pattern!r} names no linear layer of a {arch} "
+                             f"model; its layers are {list(names)}")
 
 
 def _pattern_of(name: str) -> str:
@@ -134,7 +197,7 @@ def find_targets(model: nn.Module, targets: Sequence[str]) -> list[tuple[str, nn
                         f"{targets!r}")
     if not targets:
         raise ValueError("targets is empty: name at least one module pattern, e.g. "
-                         f"{list(DEFAULT_TARGETS)}")
+                         f"{list(default_targets(model))}")
     modules = dict(model.named_modules())
     found: list[tuple[str, nn.Module, str]] = []
     for pattern in targets:
@@ -281,12 +344,13 @@ def mark_only_lora_trainable(model: nn.Module) -> None:
 
 
 def apply_lora(model: nn.Module, *, r: int = 8, alpha: float = 16, dropout: float = 0.0,
-               targets: Sequence[str] = DEFAULT_TARGETS, rslora: bool = False) -> list[str]:
-    """Wrap every ``nn.Linear`` of ``model`` matched by ``targets`` (see :func:`find_targets`)
-    in a :class:`LoRALinear`, in place, and leave only the LoRA parameters trainable; returns
-    the wrapped modules' names. Each new layer takes the training mode of the one it wraps."""
+               targets: Sequence[str] | None = None, rslora: bool = False) -> list[str]:
+    """Wrap every ``nn.Linear`` of ``model`` matched by ``targets`` (see :func:`find_targets`;
+    None: :func:`default_targets` of the model) in a :class:`LoRALinear`, in place, and leave
+    only the LoRA parameters trainable; returns the wrapped modules' names. Each new layer
+    takes the training mode of the one it wraps."""
     check_lora_settings(r, alpha, dropout)
-    found = find_targets(model, targets)
+    found = find_targets(model, default_targets(model) if targets is None else targets)
     for name, parent, attribute in found:
         base = parent.get_submodule(attribute)
         assert isinstance(base, nn.Linear), name
@@ -365,11 +429,11 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
             expected[key].copy_(value)  # the detached parameter: same storage
 
 
-def _base_config(model: nn.Module) -> GPTConfig:
+def _base_config(model: nn.Module) -> GPTConfig | LlamaConfig:
     config = getattr(model, "config", None)
-    if not isinstance(config, GPTConfig):
-        raise TypeError(f"an adapter goes with a GPT (a model with a GPTConfig .config); got "
-                        f"{type(model).__name__}")
+    if not isinstance(config, GPTConfig | LlamaConfig):
+        raise TypeError(f"an adapter goes with a GPT or a Llama (a model with a GPTConfig or "
+                        f"LlamaConfig .config); got {type(model).__name__}")
     return config
 
 
@@ -381,9 +445,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], *,
     tensors under their own names (e.g. new embedding rows trained beside LoRA);
     ``adapter_config.json`` holds ``format_version``, ``r``, ``alpha``, ``dropout``,
     ``rslora``, ``targets`` (the wrapped modules' names with the layer index starred),
-    ``extra`` (the extra tensors' names), ``base_config`` (the model's GPTConfig) and
-    ``base`` (where the base checkpoint is: informational). Each file is written atomically,
-    the weights first.
+    ``extra`` (the extra tensors' names), ``base_config`` (the model's config, with its
+    ``arch``) and ``base`` (where the base checkpoint is: informational). Each file is written
+    atomically, the weights first.
     """
     config = _base_config(model)
     layers = list(_lora_layers(model))
@@ -410,13 +474,13 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], *,
         "rslora": rslora,
         "targets": list(dict.fromkeys(_pattern_of(name) for name, _ in layers)),
         "extra": sorted(extra),
-        "base_config": config.model_dump(),
+        "base_config": config.model_dump(mode="json"),
         "base": base,
     })
     return directory
 
 
-def _read_adapter_config(path: Path, model_config: GPTConfig) -> dict[str, Any]:
+def _read_adapter_config(path: Path, model_config: GPTConfig | LlamaConfig) -> dict[str, Any]:
     raw = read_json(path)
     if not isinstance(raw, dict) or raw.get("adapter_type") != ADAPTER_TYPE:
         found = raw.get("adapter_type") if isinstance(raw, dict) else type(raw).__name__
@@ -433,8 +497,8 @@ def _read_adapter_config(path: Path, model_config: GPTConfig) -> dict[str, Any]:
         check_lora_settings(raw["r"], raw["alpha"], raw["dropout"])
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    ours = model_config.model_dump()
-    saved = raw["base_config"]
+    ours = model_config.model_dump(mode="json")
+    saved = {"arch": "gpt2", **raw["base_config"]}  # adapters of GPT-2 from before arch
     # dropout is a training setting, not the model's shape: a fine-tuning run may change it
     differ = {k: (saved.get(k), v) for k, v in ours.items() if k != "dropout" and saved.get(k) != v}
     if differ:
@@ -447,10 +511,10 @@ def _read_adapter_config(path: Path, model_config: GPTConfig) -> dict[str, Any]:
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Apply the adapter in ``directory`` (written by :func:`save_adapter`) to ``model``, a
-    plain base GPT (e.g. from ``reference.checkpoint.load_checkpoint``), in place: LoRA with
-    the saved settings, then the saved A and B. Returns the ``extra`` tensors (on the model's
-    device). A different base config (dropout aside), an unknown format version or tensors
-    that do not fit are refused with a ValueError naming the file; the model is then left
+    plain base GPT or Llama (e.g. from ``reference.checkpoint.load_checkpoint``), in place:
+    LoRA with the saved settings, then the saved A and B. Returns the ``extra`` tensors (on
+    the model's device). A different base config (dropout aside), an unknown format version or
+    tensors that do not fit are refused with a ValueError naming the file; the model is then left
     as it was."""
     directory = Path(directory)
     config = _read_adapter_config(directory / ADAPTER_CONFIG, _base_config(model))

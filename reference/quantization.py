@@ -17,6 +17,16 @@ dequantize rows. It is 31% of GPT-2 small's parameters; the blocks' linear layer
 69% and all the per-token matmul work but the head, so they are what :func:`quantize` swaps.
 LayerNorms and position embeddings stay float too.
 
+**A Llama-style model** (``reference.llama``, dense or a mixture of experts) gets the same
+treatment: the blocks' linear layers (``self_attn.{q,k,v,o}_proj``, the SwiGLU
+``mlp.{gate,up,down}_proj``, and every expert's three) become int8. Float stay: the RMSNorm
+weights; the embedding and the LM head, tied or not, as for GPT-2 (one rule for both
+architectures: the head writes the logits themselves, with no later layer to average its
+rounding out, and an untied Llama's head is a plain lookup-sized matrix read once per token);
+and the router of a mixture of experts (``mlp.gate``, n_embd x n_experts: a few hundred bytes
+per block), whose logits *choose* the experts: rounding there would move tokens to another
+expert, a jump in the output where every other int8 layer makes a small, bounded error.
+
 **Two ways to run the matmul** (``activations``), never changing the numerics silently:
 
 * ``"float"`` (the default): weight-only. The activations stay in floating point and the
@@ -58,6 +68,12 @@ Example::
     Int8Linear(in_features=16, out_features=48, bias=True, activations=float)
     >>> type(model.lm_head).__name__  # the tied embedding / head stays float
     'Linear'
+    >>> from reference.llama import Llama, LlamaConfig
+    >>> moe = quantize(Llama(LlamaConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2,
+    ...                                  n_embd=16, n_experts=2, n_experts_per_tok=1)))
+    >>> mlp = moe.model.layers[0].mlp   # each expert's projections int8, the router float
+    >>> type(mlp.experts[1].down_proj).__name__, type(mlp.gate).__name__
+    ('Int8Linear', 'Linear')
 """
 
 from __future__ import annotations
@@ -65,13 +81,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .llama import Llama
 from .model import GPT
+from .moe import MoE
 
 __all__ = [
     "KERNEL_MAX_ROWS",
@@ -97,6 +115,7 @@ VERSION = 1  # of the quantized checkpoint format (int8 `weight` + float32 `scal
 Activations = Literal["float", "dynamic"]
 ACTIVATIONS: tuple[Activations, ...] = ("float", "dynamic")
 KERNEL_MAX_ROWS = 4  # weight-only: more rows than this dequantize per call (compute-bound)
+M = TypeVar("M", bound=GPT | Llama)  # quantize returns the model it was given
 
 
 # ---------------------------------------------------------------- checks at the edges
@@ -309,19 +328,30 @@ class Int8Linear(nn.Module):
 # ---------------------------------------------------------------- the model
 
 
-def _block_linears(model: GPT) -> Iterator[tuple[nn.Module, str, nn.Module]]:
-    """(parent, name, child) of every linear layer (float or int8) in the transformer blocks."""
-    for block in model.transformer.h:
+def _blocks(model: GPT | Llama) -> list[nn.Module]:
+    """The transformer blocks of a GPT-2 or a Llama-style model."""
+    if isinstance(model, Llama):
+        return list(model.blocks())
+    return list(model.transformer.h)
+
+
+def _block_linears(model: GPT | Llama) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+    """(parent, name, child) of every linear layer (float or int8) in the transformer blocks,
+    but a mixture of experts' router (``mlp.gate``: it stays float, see the module docstring)."""
+    for block in _blocks(model):
         for parent in block.modules():
             for name, child in parent.named_children():
+                if isinstance(parent, MoE) and name == "gate":
+                    continue
                 if isinstance(child, nn.Linear | Int8Linear):
                     yield parent, name, child
 
 
-def quantize(model: GPT, activations: Activations = "float") -> GPT:
-    """Swap every ``nn.Linear`` of ``model``'s transformer blocks for an :class:`Int8Linear`,
-    in place, and set their ``activations``; returns ``model``. The tied embedding / head
-    stays float (see the module docstring). A model that is already quantized only switches
+def quantize(model: M, activations: Activations = "float") -> M:
+    """Swap every ``nn.Linear`` of ``model``'s transformer blocks (a GPT or a Llama) for an
+    :class:`Int8Linear`, in place, and set their ``activations``; returns ``model``. The
+    embedding and head, the norms and a mixture of experts' router stay float (see the module
+    docstring). A model that is already quantized only switches
     ``activations``. On the meta device it changes only the structure (to load a quantized
     checkpoint into).
     """
@@ -345,7 +375,7 @@ def quantization_of(model: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-def linear_weight_bytes(model: GPT) -> int:
+def linear_weight_bytes(model: GPT | Llama) -> int:
     """Bytes held by the weights (and scales) of the transformer blocks' linear layers: 4 per
     float32 weight, or 1 per int8 weight plus 4 per output channel's scale. Biases, the
     LayerNorms and the tied embedding / head are not counted.

@@ -27,6 +27,7 @@ import torch
 
 from ..generate import stream
 from ..inference import SampleSettings, prompt_ids
+from ..llama import Llama
 from ..model import GPT
 from ..tokenizers import Tokenizer
 from .perplexity import token_nlls
@@ -84,7 +85,7 @@ def repetition_rate(seq: Sequence[Hashable], n: int = 4) -> float:
     return 1.0 - distinct_n(seq, n)
 
 
-def mean_logprob(model: GPT, prompt: Sequence[int], new: Sequence[int]) -> float:
+def mean_logprob(model: GPT | Llama, prompt: Sequence[int], new: Sequence[int]) -> float:
     """The average log-probability (nats) of the ``new`` tokens after ``prompt`` under
     ``model`` at temperature 1, unfiltered: each token with up to ``block_size`` tokens
     before it (stride 1, as generation sees them). NaN when ``new`` is empty."""
@@ -249,7 +250,7 @@ def failures(prompt: str, n_prompt: int, ids: Sequence[int], tokenizer: Tokenize
     return [name for name in CATEGORIES if found[name]]
 
 
-def draw_samples(model: GPT, tokenizer: Tokenizer, prompts: Sequence[str],
+def draw_samples(model: GPT | Llama, tokenizer: Tokenizer, prompts: Sequence[str],
                  temperatures: Sequence[float], seeds: Sequence[int], *,
                  max_new_tokens: int = 200, settings: SampleSettings | None = None,
                  charset: Iterable[str] | None = None) -> list[Sample]:

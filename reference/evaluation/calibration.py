@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..llama import Llama
 from ..model import GPT
 from .perplexity import resolve_window, windows
 
@@ -73,7 +74,7 @@ def calibration(confidence: Tensor, correct: Tensor, bins: int = 15) -> Calibrat
 
 @torch.no_grad()
 def next_token_calibration(
-    model: GPT, ids: Sequence[int], *, context: int | None = None, bins: int = 15,
+    model: GPT | Llama, ids: Sequence[int], *, context: int | None = None, bins: int = 15,
 ) -> Calibration:
     """The calibration of ``model``'s next-token predictions over ``ids``: confidence = the
     top-1 probability, correct = the top-1 token is the next token; disjoint windows of

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..llama import Llama
 from ..model import GPT
 
 __all__ = ["Perplexity", "perplexity", "resolve_window", "token_nlls", "windows"]
@@ -70,8 +71,11 @@ class Perplexity:
 
     @property
     def word_ppl(self) -> float:
-        """exp(NLL per whitespace-separated word): comparable across tokenizers."""
-        return math.exp(self.nll / self.words) if self.words else math.nan
+        """exp(NLL per whitespace-separated word): comparable across tokenizers; infinite
+        past a float's range (text with few spaces, e.g. a Markov chain's)."""
+        if not self.words:
+            return math.nan
+        return math.exp(self.nll / self.words) if self.nll / self.words < 700 else math.inf
 
     def describe(self) -> str:
         """One line with every figure, stating the context and the stride."""
@@ -117,8 +121,8 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
 
 @torch.no_grad()
 def token_nlls(
-    model: GPT, ids: Sequence[int], *, context: int | None = None, stride: int | None = None,
-    batch_size: int = 8,
+    model: GPT | Llama, ids: Sequence[int], *, context: int | None = None,
+    stride: int | None = None, batch_size: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """The NLL (nats, float64) of every scored token and its predictor's position in its window.
 
@@ -164,7 +168,7 @@ def token_nlls(
 
 
 def perplexity(
-    model: GPT, ids: Sequence[int], *, text: str | None = None, context: int | None = None,
+    model: GPT | Llama, ids: Sequence[int], *, text: str | None = None, context: int | None = None,
     stride: int | None = None, batch_size: int = 8,
 ) -> Perplexity:
     """The :class:`Perplexity` of ``ids`` (the tokens of ``text``, when given, which supplies the

@@ -323,16 +323,23 @@ def to_html(blocks: Sequence[Block], directory: Path, title: str) -> str:
 
 
 def _describe_model(r: Evaluated) -> list[Any]:
-    from ..model import GPT
+    from ..checkpoint import skeleton
+    from ..llama import LlamaConfig
     from ..quantization import Int8Linear
 
     cfg = r.loaded.model.config
-    with torch.device("meta"):  # the architecture's count, int8 weights included
-        params = sum(p.numel() for p in GPT(cfg).parameters())
+    # the architecture's count (int8 weights included), on the meta device where it can be
+    params = sum(p.numel() for p in skeleton(cfg).parameters())
     int8 = any(isinstance(m, Int8Linear) for m in r.loaded.model.modules())
     kind = r.loaded.tokenizer.to_dict().get("kind", "?")
-    return [r.label, str(r.loaded.checkpoint), f"{cfg.n_layer} layers, {cfg.n_head} heads, "
-            f"{cfg.n_embd} wide, block_size {cfg.block_size}"
+    arch = ""  # GPT-2's rows read as they always have
+    if isinstance(cfg, LlamaConfig):
+        arch = f"llama (n_kv_head {cfg.n_kv_head}"
+        if cfg.n_experts:
+            arch += f", {cfg.n_experts} experts, top-{cfg.n_experts_per_tok}"
+        arch += "): "
+    return [r.label, str(r.loaded.checkpoint), f"{arch}{cfg.n_layer} layers, {cfg.n_head} "
+            f"heads, {cfg.n_embd} wide, block_size {cfg.block_size}"
             + (", int8 linear layers" if int8 else ""), f"{params:,}",
             f"{kind}, {cfg.vocab_size} ids"]
 

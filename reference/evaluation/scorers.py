@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..jsonl import iter_jsonl
+from ..llama import Llama
 from ..model import GPT
 from ..tokenizers import Tokenizer
 
@@ -152,7 +153,7 @@ def split_last_word(text: str) -> tuple[str, str]:
 
 @torch.no_grad()
 def loglikelihood(
-    model: GPT, context: Sequence[int], continuation: Sequence[int]
+    model: GPT | Llama, context: Sequence[int], continuation: Sequence[int]
 ) -> tuple[float, bool]:
     """``(log p(continuation | context), is_greedy)`` in nats, as lm-eval's ``loglikelihood``.
 
@@ -189,7 +190,7 @@ def choose(loglikelihoods: Sequence[float], choices: Sequence[str]) -> tuple[int
 
 
 def score_multiple_choice(
-    model: GPT, tokenizer: Tokenizer, item: MultipleChoice, *, delimiter: str = " "
+    model: GPT | Llama, tokenizer: Tokenizer, item: MultipleChoice, *, delimiter: str = " "
 ) -> ChoiceScores:
     """Each choice's log-likelihood as the continuation ``delimiter + choice`` of the context."""
     context = tokenizer.encode(item.context)
@@ -200,7 +201,8 @@ def score_multiple_choice(
 
 
 def evaluate_multiple_choice(
-    model: GPT, tokenizer: Tokenizer, items: Sequence[MultipleChoice], *, delimiter: str = " "
+    model: GPT | Llama, tokenizer: Tokenizer, items: Sequence[MultipleChoice], *,
+    delimiter: str = " ",
 ) -> MultipleChoiceResult:
     """``acc`` and ``acc_norm`` over ``items``."""
     if not items:
@@ -212,7 +214,7 @@ def evaluate_multiple_choice(
 
 
 def evaluate_last_word(
-    model: GPT, tokenizer: Tokenizer, texts: Sequence[str]
+    model: GPT | Llama, tokenizer: Tokenizer, texts: Sequence[str]
 ) -> LastWordResult:
     """LAMBADA's ``acc`` (greedy gives the last word) and ``perplexity`` over ``texts``."""
     if not texts:

@@ -3,8 +3,9 @@
 A config has four sections whose defaults are the main job (a small character-level GPT on the
 built-in corpus, a few minutes on two CPU cores)::
 
-    model:   GPTConfig: n_layer, n_head, n_embd, block_size, dropout, bias (vocab_size: the
-             tokenizer's; given, it must equal it)
+    model:   the model's config, by ``arch``: GPTConfig (``gpt2``, the default: n_layer, n_head,
+             n_embd, block_size, dropout, bias) or LlamaConfig (``llama``: also n_kv_head,
+             rope_theta, n_experts...); vocab_size is the tokenizer's (given, it must equal it)
     data:    source (builtin | shakespeare | text | jsonl | hf | markov), path, tokenizer...
     train:   device, dtype, batch_size, grad_accum, max_steps, lr, warmup_steps...
     sample:  SampleSettings: prompt, max_new_tokens, temperature, top_k, top_p, seed
@@ -26,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,7 +35,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
+from ..arch import ModelConfig
 from ..inference import SampleSettings
+from ..llama import LlamaConfig
 from ..model import GPTConfig
 from ..settings import (
     Bool,
@@ -48,6 +52,7 @@ from ..settings import (
     field_annotation,
     one_line,
 )
+from ..swiglu import swiglu_hidden
 
 Source = Literal["builtin", "shakespeare", "text", "jsonl", "hf", "markov"]
 TokenizerKind = Literal["char", "bpe", "gpt2"]
@@ -57,6 +62,8 @@ DType = Literal["float32", "bfloat16", "float16"]
 # The main job's model: what `python -m reference train` trains with no config (0.8M parameters).
 MAIN_JOB_MODEL = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
                            bias=False)
+MODEL_CLASSES: dict[str, type[GPTConfig] | type[LlamaConfig]] = {"gpt2": GPTConfig,
+                                                                  "llama": LlamaConfig}
 
 
 class DataSection(Settings):
@@ -173,9 +180,6 @@ class TrainSection(Settings):
         return self.checkpoint_interval or self.eval_interval
 
 
-LORA_TARGETS = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]  # GPT-2's linears
-
-
 class FinetuneSection(Settings):
     """Fine-tuning a trained model on conversations (``reference/trainer/sft.py``); off while
     ``base`` is None. The model's shape and tokenizer come from ``base``, the examples from
@@ -189,7 +193,8 @@ class FinetuneSection(Settings):
     lora_r: PositiveInt = 8
     lora_alpha: PositiveFloat = 16.0
     lora_dropout: Annotated[NonNegativeFloat, Field(lt=1)] = 0.0
-    lora_targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+    # None: the base's default (GPT-2's four projections, or a Llama's q/k/v/o: reference.lora)
+    lora_targets: list[str] | None = None
     rslora: Bool = False  # scale by alpha / sqrt(r) instead of alpha / r
     eval_examples: NonNegativeInt = 200  # held-out answers generated at the end (exact match)
     base_sha256: str | None = None  # recorded when the run starts: resume checks the base
@@ -211,7 +216,7 @@ class FinetuneSection(Settings):
         if self.method == "full" and lora_only:
             raise ValueError(f"finetune.{lora_only[0]} is not used with finetune.method=full: "
                              "remove it, or use finetune.method=lora")
-        if not self.lora_targets:
+        if self.lora_targets is not None and not self.lora_targets:
             raise ValueError("finetune.lora_targets is empty: name at least one module pattern")
         return self
 
@@ -223,7 +228,7 @@ class FinetuneSection(Settings):
 class Config(Settings):
     """A whole run: ``model``, ``data``, ``train``, ``sample`` and ``finetune`` sections."""
 
-    model: GPTConfig = MAIN_JOB_MODEL
+    model: ModelConfig = MAIN_JOB_MODEL
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
     sample: SampleSettings = SampleSettings()
@@ -252,7 +257,8 @@ class Config(Settings):
             raise ValueError(f"model.vocab_size={self.model.vocab_size} but the tokenizer has "
                              f"{vocab_size} tokens: leave model.vocab_size out (it comes from "
                              "the tokenizer) or make them equal")
-        model = GPTConfig.model_validate({**self.model.model_dump(), "vocab_size": vocab_size})
+        model = type(self.model).model_validate({**self.model.model_dump(),
+                                                 "vocab_size": vocab_size})
         return self.model_copy(update={"model": model})
 
 
@@ -273,6 +279,10 @@ def check_resume_changes(saved: Config, new: Config) -> None:
     """Raise ValueError naming every setting that differs between the run's config ``saved``
     and ``new`` but may not change on resume: anything but ``sample.*`` and the
     :data:`RESUMABLE_TRAIN` keys of ``train``."""
+    if saved.model.arch != new.model.arch:
+        raise ValueError(f"cannot change model.arch ({saved.model.arch} -> {new.model.arch}) "
+                         "when resuming: the run's weights are a "
+                         f"{saved.model.arch} model; start a new run instead")
     old, now = saved.model_dump(), new.model_dump()
     refused = [f"{section}.{key}" for section in now for key in now[section]
                if now[section][key] != old[section][key]
@@ -323,10 +333,67 @@ def config_from_dict(raw: Any, *, base: Config | None = None, origin: str = "con
         if name in Config.model_fields and values is not None and not isinstance(values, dict):
             raise ValueError(f"{origin}: section {name!r} must be a mapping, got {values!r}")
     raw = {name: values for name, values in raw.items() if values is not None}
+    base = base or Config()
+    merged = _merge(_given(base), raw)
+    merged["model"] = _model_section(base.model, raw.get("model", {}), merged.get("model", {}),
+                                     origin)
     try:
-        return Config.model_validate(_merge(_given(base or Config()), raw))
+        return Config.model_validate(merged)
     except ValidationError as e:
         raise ValueError(one_line(e, Config, origin=origin)) from None
+
+
+def _model_section(base: GPTConfig | LlamaConfig, layer: dict[str, Any],
+                   merged: dict[str, Any], origin: str) -> GPTConfig | LlamaConfig:
+    """The model section of ``merged`` (``base``'s given fields with ``layer`` on top),
+    validated as its ``arch``'s config: a one-line ValueError names a bad field as
+    ``model.<field>``, and a field the arch does not have says which arch has it.
+
+    A layer that changes the arch keeps the fields of ``base`` that the new arch has too (the
+    shape: n_layer, n_head, n_embd, block_size...) and drops those it lacks only where they are
+    the main job's defaults; any other is an error naming it. A Llama's derived sizes
+    (``n_kv_head`` = ``n_head``, ``intermediate_size`` from ``n_embd``) follow a new shape
+    unless given.
+    """
+    arch = merged.get("arch", base.arch)
+    if arch not in MODEL_CLASSES:
+        raise ValueError(f"{origin}: model.arch {arch!r} is not a known architecture "
+                         f"({', '.join(MODEL_CLASSES)})")
+    cls = MODEL_CLASSES[arch]
+    values = {**merged, "arch": arch}
+    derived = {}
+    if isinstance(base, LlamaConfig):
+        derived = {"n_kv_head": base.n_head, "intermediate_size": swiglu_hidden(base.n_embd)}
+    for name in list(values):
+        if name in layer:
+            continue
+        if name in derived and values[name] == derived[name]:
+            del values[name]  # derived from the base's shape: derive it again from the new one
+        elif (arch != base.arch and name not in cls.model_fields
+              and values[name] == getattr(MAIN_JOB_MODEL, name, object())):
+            del values[name]  # a default of the old arch that the new one has no use for
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        raise ValueError(f"{origin}: {_model_problem(e, cls, arch)}") from None
+
+
+def _model_problem(error: ValidationError, cls: type[BaseModel], arch: str) -> str:
+    """The first problem of a model section's ``error``, in one line naming ``model.<field>``."""
+    problem = error.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in problem["loc"])
+    more = len(error.errors()) - 1
+    tail = f" (and {more} more)" if more else ""
+    if problem["type"] == "extra_forbidden":
+        owners = [a for a, c in MODEL_CLASSES.items() if a != arch and loc in c.model_fields]
+        if owners:
+            return (f"model.{loc} is not a field of a model.arch={arch} model (it is "
+                    f"{owners[0]}'s: set model.arch={owners[0]}, or remove it){tail}")
+        known = sorted(cls.model_fields)
+        close = difflib.get_close_matches(loc, known, n=1)
+        hint = f" (did you mean 'model.{close[0]}'?)" if close else ""
+        return f"unknown key 'model.{loc}'{hint}; known keys of 'model' (arch {arch}): {known}"
+    return f"model: {one_line(error, cls)}" if not loc else one_line(error, cls, prefix="model.")
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ import torch
 
 from ..chat import ChatTokenizer, Message, encode_chat
 from ..finetune import dpo_loss, sequence_logprob, sft_batch
+from ..llama import Llama
 from ..model import GPT
 
 __all__ = ["DPOResult", "Pair", "encode_pairs", "preference_accuracy", "preference_margin",
@@ -62,7 +63,7 @@ def encode_pairs(chat: ChatTokenizer, pairs: Sequence[Pair], max_len: int) -> li
     return out
 
 
-def _logps(model: GPT, examples: Sequence[tuple[list[int], list[bool]]],
+def _logps(model: GPT | Llama, examples: Sequence[tuple[list[int], list[bool]]],
            device: torch.device) -> torch.Tensor:
     x, y = sft_batch(examples, pad_id=0, device=device)
     logits, _ = model(x)
@@ -70,20 +71,20 @@ def _logps(model: GPT, examples: Sequence[tuple[list[int], list[bool]]],
 
 
 @torch.no_grad()
-def preference_accuracy(model: GPT, pairs: Sequence[Encoded]) -> float:
+def preference_accuracy(model: GPT | Llama, pairs: Sequence[Encoded]) -> float:
     """The fraction of ``pairs`` for which ``model`` gives the chosen answer a higher total
     log-probability than the rejected one (ties count as misses). Mode left alone."""
-    device = model.transformer.wpe.weight.device
+    device = next(model.parameters()).device
     chosen = _logps(model, [c for c, _ in pairs], device)
     rejected = _logps(model, [r for _, r in pairs], device)
     return float((chosen > rejected).float().mean())
 
 
 @torch.no_grad()
-def preference_margin(model: GPT, pairs: Sequence[Encoded]) -> float:
+def preference_margin(model: GPT | Llama, pairs: Sequence[Encoded]) -> float:
     """The mean over ``pairs`` of ``log π(chosen) - log π(rejected)`` (nats): how strongly
     ``model`` prefers the chosen answers, beyond the yes/no of :func:`preference_accuracy`."""
-    device = model.transformer.wpe.weight.device
+    device = next(model.parameters()).device
     chosen = _logps(model, [c for c, _ in pairs], device)
     rejected = _logps(model, [r for _, r in pairs], device)
     return float((chosen - rejected).mean())
@@ -92,10 +93,10 @@ def preference_margin(model: GPT, pairs: Sequence[Encoded]) -> float:
 @dataclass
 class DPOResult:
     losses: list[float]  # one per step
-    reference: GPT  # the frozen copy the policy was measured against
+    reference: GPT | Llama  # the frozen copy the policy was measured against
 
 
-def train_dpo(policy: GPT, pairs: Sequence[Encoded], *, steps: int, beta: float = 0.1,
+def train_dpo(policy: GPT | Llama, pairs: Sequence[Encoded], *, steps: int, beta: float = 0.1,
               lr: float = 1e-3, batch_size: int = 16, seed: int = 0, warmup: int = 10,
               grad_clip: float = 1.0) -> DPOResult:
     """Train ``policy``'s trainable parameters for ``steps`` DPO steps on random batches of
@@ -103,7 +104,7 @@ def train_dpo(policy: GPT, pairs: Sequence[Encoded], *, steps: int, beta: float 
     if steps < 1 or batch_size < 1 or not pairs:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and pairs, got {steps}, "
                          f"{batch_size} and {len(pairs)} pairs")
-    device = policy.transformer.wpe.weight.device
+    device = next(policy.parameters()).device
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -23,14 +23,15 @@ optimizer on every rank, so a run can resume with another strategy or another wo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..checkpoint import TIED_KEYS
-from ..model import GPT, GPTConfig
+from ..checkpoint import M, Model, retie, skeleton, tied_keys
+from ..llama import Llama, LlamaConfig
+from ..model import GPTConfig
 
 try:  # FSDP2's public API (torch >= 2.6)
     from torch.distributed.checkpoint.state_dict import (
@@ -60,8 +61,8 @@ def _scatter() -> StateDictOptions:
     return StateDictOptions(full_state_dict=True)  # every rank passes the full state
 
 
-def shard_model(model: GPT, device_type: str, *, reshard_after_forward: bool = True,
-                param_dtype: torch.dtype | None = None) -> GPT:
+def shard_model(model: M, device_type: str, *, reshard_after_forward: bool = True,
+                param_dtype: torch.dtype | None = None) -> M:
     """Shard ``model`` in place across the default process group, whose processes train on
     ``device_type`` (``"cpu"``: gloo, ``"cuda"``: NCCL); return it.
 
@@ -77,7 +78,7 @@ def shard_model(model: GPT, device_type: str, *, reshard_after_forward: bool = T
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))  # 1-D: plain data parallel
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32
                               if param_dtype is not None else None)
-    for block in model.transformer.h:
+    for block in model.blocks():  # GPT's transformer.h, Llama's model.layers
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
     # The root's parameters are gathered for the whole step: resharding them after the forward
     # pass would only gather them again for the LM head's backward.
@@ -135,8 +136,8 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer,
     parameter index) into a sharded ``model`` and its ``optimizer``; every rank calls it with
     the same full state."""
     full: dict[str, Any] = dict(weights)
-    for tied in TIED_KEYS:  # stored once, as transformer.wte.weight
-        full.setdefault(tied, full["transformer.wte.weight"])
+    for tied, kept in tied_keys(cast(Model, model)).items():  # stored once, as the embedding
+        full.setdefault(tied, full[kept])
     set_model_state_dict(model, full, options=_scatter())
     names = _parameter_names(model, optimizer)
     by_name: Any = {
@@ -147,12 +148,14 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer,
     set_optimizer_state_dict(model, optimizer, by_name, options=_scatter())
 
 
-def plain_copy(config: GPTConfig, weights: Mapping[str, Tensor]) -> GPT:
-    """A plain (unsharded) CPU GPT holding ``weights``, built without initialising new weights
-    (what rank 0 hands to ``save_checkpoint``, and what samples after an FSDP run).
+def plain_copy(config: GPTConfig | LlamaConfig, weights: Mapping[str, Tensor]) -> Model:
+    """A plain (unsharded) CPU model of ``config``'s architecture holding ``weights``, built
+    without initialising new weights (what rank 0 hands to ``save_checkpoint``, and what
+    samples after an FSDP run).
 
     Example::
 
+        >>> from reference.model import GPT
         >>> config = GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=8)
         >>> model = GPT(config)
         >>> copy = plain_copy(config, model.state_dict())
@@ -161,12 +164,12 @@ def plain_copy(config: GPTConfig, weights: Mapping[str, Tensor]) -> GPT:
         >>> bool((copy.transformer.wpe.weight == model.transformer.wpe.weight).all())
         True
     """
-    with torch.device("meta"):
-        model = GPT(config)
-    given = {k: v for k, v in weights.items() if k not in TIED_KEYS}
+    model = skeleton(config)
+    tied = set(tied_keys(model))
+    given = {k: v for k, v in weights.items() if k not in tied}
     missing = set(model.load_state_dict(given, strict=False, assign=True).missing_keys)
-    if missing - set(TIED_KEYS):
-        raise ValueError(f"weights do not fit the model: missing "
-                         f"{sorted(missing - set(TIED_KEYS))}")
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor
-    return model
+    if missing - tied:
+        raise ValueError(f"weights do not fit the model: missing {sorted(missing - tied)}")
+    if isinstance(model, Llama) and model.rope_cos.is_meta:  # not in the state dict: make them
+        model._set_rope_tables(torch.device("cpu"))
+    return retie(model)  # assign=True replaced the tied tensor

@@ -17,6 +17,11 @@ Under torchrun, ``train.strategy`` picks how the processes share the work: ``ddp
 default) keeps a full copy of the model on each, ``fsdp`` shards it (``reference/trainer/fsdp.py``:
 parameters, gradients and AdamW states split across ranks). Either way a checkpoint is one full
 state written by rank 0, so either strategy resumes the other's run.
+
+Any architecture of ``reference.arch`` trains here (``model.arch``). A mixture of experts routes
+each token on its own, so data parallelism shards it exactly, but its load-balancing loss is
+each process's, over its own micro-batch (as Mixtral computes it per device): with
+``router_aux_loss_coef > 0``, N processes are close to, not equal to, one on the combined batch.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from filelock import FileLock
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..checkpoint import TRAINER_NAME, WEIGHTS_NAME, load_weights, read_safetensors
+from ..arch import build_model
+from ..checkpoint import TRAINER_NAME, WEIGHTS_NAME, Model, load_weights, read_safetensors
 from ..inference import SampleSettings, prompt_ids, resolve_device, sample_text
-from ..model import GPT
+from ..llama import Llama, LlamaConfig
+from ..model import GPTConfig
 from ..tokenizers import Tokenizer, gpt2_tokenizer
 from .checkpoint import load_training_state, restore_rng, save_training_checkpoint
 from .config import Config, check_resume_changes, config_from_dict, parse_overrides
@@ -86,6 +93,7 @@ from .sft import (
     exact_match,
     finetune_config,
     finetune_model,
+    grown_weights,
     load_finetune_weights,
     prepare_sft,
     save_adapter_files,
@@ -153,6 +161,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class ExpertCounter:
+    """Forward hook of a mixture of experts: the tokens each expert received, summed over the
+    training passes since ``counts`` was last taken (evaluation's passes are not counted)."""
+
+    def __init__(self) -> None:
+        self.counts: torch.Tensor | None = None  # (n_layer, n_experts)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        counts = getattr(module, "last_expert_counts", None)
+        if module.training and counts is not None:
+            counts = counts.detach().to("cpu", torch.long)
+            self.counts = counts if self.counts is None else self.counts + counts
+
+
 class Trainer:
     """One training run: build with a :class:`Config`, then :meth:`fit`; or :meth:`resume`."""
 
@@ -217,15 +239,23 @@ class Trainer:
                 raise ValueError(f"the {name} split has {len(tokens)} tokens, too few for "
                                  f"model.block_size={block}")
 
+        self.model: Model
         if isinstance(self.data, SFTData):
             model, self.base_vocab_size = finetune_model(config, self.data.vocab_size)
             self.model = model.to(self.device)
         else:
-            self.model = GPT(config.model).to(self.device)
+            self.model = build_model(config.model).to(self.device)
         self.model.set_activation_checkpointing(t.activation_checkpointing)
+        # a mixture of experts: tokens per expert, summed over the training forward passes
+        # since the last log line (evaluation's are not counted)
+        # (a hook object of its own, not a bound method: the model must not hold the trainer,
+        # whose locks cannot be copied, so copy.deepcopy(trainer.model) keeps working)
+        self.expert_counter = ExpertCounter()
+        if isinstance(self.model, Llama) and self.model.config.n_experts:
+            self.model.register_forward_hook(self.expert_counter)
         if self.sharded:  # before the optimizer: it must hold the sharded parameters
             if t.compile:  # each block on its own, then sharded (as torchtitan does)
-                for layer in self.model.transformer.h:
+                for layer in self.model.blocks():
                     layer.compile()
             bf16 = t.dtype == "bfloat16" and device_type == "cuda"
             shard_model(self.model, device_type,
@@ -343,16 +373,31 @@ class Trainer:
             keep=self.config.train.keep_checkpoints, last_eval=self.last_eval,
         )
 
-    def export_model(self) -> GPT:
-        """The model as a plain GPT (what a checkpoint holds): for a LoRA run, a copy with the
+    def export_model(self) -> Model:
+        """The model as a plain model (what a checkpoint holds): for a LoRA run, a copy with the
         adapters merged into the weights; otherwise the model itself."""
         from ..lora import LoRALinear, unwrap_lora
 
         if not any(isinstance(m, LoRALinear) for m in self.model.modules()):
             return self.model
-        copy = GPT(self.model.config).to(self.device)
+        copy = build_model(self.model.config).to(self.device)
         copy.load_state_dict(unwrap_lora(_detached_copy(self.model)).state_dict())
         return copy
+
+    def expert_utilisation(self) -> dict[str, Any]:
+        """A mixture of experts' routing since the last call, for the metrics log (and reset):
+        ``expert_fraction`` (n_layer lists of n_experts fractions of the routed tokens, each
+        list summing to 1) and ``expert_balance`` (per layer, the busiest expert's count over
+        the mean count: 1.0 is perfectly even, n_experts / top_k the worst). Summed over this
+        process's training micro-batches; empty for a dense model."""
+        counts, self.expert_counter.counts = self.expert_counter.counts, None
+        if counts is None:
+            return {}
+        totals = counts.sum(dim=1, keepdim=True).clamp(min=1).double()
+        fractions = counts.double() / totals  # (n_layer, n_experts)
+        balance = counts.double().amax(dim=1) / counts.double().mean(dim=1).clamp(min=1e-12)
+        return {"expert_fraction": [[round(f, 6) for f in row] for row in fractions.tolist()],
+                "expert_balance": [round(b, 6) for b in balance.tolist()]}
 
     # ------------------------------------------------------------------ resume
 
@@ -372,7 +417,13 @@ class Trainer:
                                      base=saved)
         config = saved
         if overrides:
-            config = config_from_dict(parse_overrides(overrides), base=saved, origin="override")
+            changes = parse_overrides(overrides)
+            arch = changes.get("model", {}).get("arch", saved.model.arch)
+            if arch != saved.model.arch:  # before its other fields are read as the new arch's
+                raise ValueError(f"cannot change model.arch ({saved.model.arch} -> {arch}) when "
+                                 f"resuming: the run's weights are a {saved.model.arch} model; "
+                                 "start a new run instead")
+            config = config_from_dict(changes, base=saved, origin="override")
             check_resume_changes(saved, config)
         if config.train.max_steps < state.step and config.train.max_steps != saved.train.max_steps:
             raise ValueError(f"train.max_steps={config.train.max_steps} is below the step the run "
@@ -448,7 +499,7 @@ class Trainer:
                 if self.step % t.log_interval == 0 or self.step == target:
                     speed = window_steps * self.tokens_per_step / max(window_seconds, 1e-9)
                     monitor.log_train(self.step, loss=loss, lr=lr, tokens_per_s=speed,
-                                      grad_norm=grad_norm)
+                                      grad_norm=grad_norm, **self.expert_utilisation())
                     window_seconds, window_steps = 0.0, 0
                 if self.step % t.eval_interval == 0 or self.step == target:
                     losses = self.evaluate()
@@ -473,17 +524,24 @@ class Trainer:
             where += " (FSDP: parameters, gradients and AdamW states sharded)"
         if not isinstance(self.data, SFTData):
             n = self.model.num_parameters()
-            return (f"training a {n / 1e6:.2f}M-parameter GPT on {where} "
+            return (f"training a {n / 1e6:.2f}M-parameter {describe_model(self.model.config)} "
+                    f"on {where} "
                     f"({self.data.meta['n_tokens']:,} tokens, vocabulary {self.data.vocab_size})")
         ft = self.config.finetune
         params = {id(p): p for p in self.model.parameters()}.values()
         total = sum(p.numel() for p in params)
-        wte = self.model.transformer.wte.weight
-        trainable = sum(p.numel() for p in params if p.requires_grad and p is not wte)
-        if wte.requires_grad:  # LoRA: only the new rows change (see reference/trainer/sft.py)
-            rows = wte.size(0) if ft.method == "full" else wte.size(0) - self.base_vocab_size
-            trainable += rows * wte.size(1)
-        how = (f"LoRA r={ft.lora_r} alpha={ft.lora_alpha:g} on {', '.join(ft.lora_targets)}, "
+        grown = list(grown_weights(self.model).values())  # the embedding (and untied head)
+        trainable = sum(p.numel() for p in params
+                        if p.requires_grad and not any(p is g for g in grown))
+        for weight in grown:
+            if weight.requires_grad:  # LoRA: only the new rows change (reference/trainer/sft.py)
+                rows = weight.size(0) if ft.method == "full" else \
+                    weight.size(0) - self.base_vocab_size
+                trainable += rows * weight.size(1)
+        from ..lora import default_targets
+
+        targets = ft.lora_targets or default_targets(self.model)
+        how = (f"LoRA r={ft.lora_r} alpha={ft.lora_alpha:g} on {', '.join(targets)}, "
                f"the {self.data.vocab_size - self.base_vocab_size} chat tokens' embedding rows"
                if ft.method == "lora" else "every weight")
         return (f"fine-tuning {ft.base} on {where}: {self.data.meta['n_train']:,} conversations "
@@ -539,6 +597,20 @@ class Trainer:
         finally:
             self.model.train(was_training)
 
+
+
+def describe_model(config: GPTConfig | LlamaConfig) -> str:
+    """The model's kind in a few words: ``GPT``, ``Llama (n_kv_head 2)``, ``Llama MoE (8
+    experts, top-2)``.
+
+    >>> describe_model(LlamaConfig(n_head=4, n_kv_head=2, n_embd=32, n_experts=4))
+    'Llama MoE (4 experts, top-2; n_kv_head 2)'
+    """
+    if isinstance(config, GPTConfig):
+        return "GPT"
+    kind = f"Llama MoE ({config.n_experts} experts, top-{config.n_experts_per_tok}; " \
+        if config.n_experts else "Llama ("
+    return f"{kind}n_kv_head {config.n_kv_head})"
 
 
 def _detached_copy(model: nn.Module) -> nn.Module:

@@ -4,7 +4,13 @@ Files in the run directory::
 
     metrics.jsonl   one JSON object per line: {"kind": "train", "step", "loss", "lr",
                     "tokens_per_s", "grad_norm", "time"} or {"kind": "eval", "step",
-                    "train_loss", "val_loss"}; appended, so a resumed run continues it
+                    "train_loss", "val_loss"}; appended, so a resumed run continues it.
+                    A train record's ``loss`` is the loss that was minimised: for a mixture
+                    of experts it includes ``router_aux_loss_coef`` times the load-balancing
+                    loss (eval records are the plain cross-entropy). A mixture of experts'
+                    train records add ``expert_fraction`` (per layer, each expert's share of
+                    the tokens routed since the previous record, on rank 0) and
+                    ``expert_balance`` (per layer, max/mean of those counts: 1.0 is even)
     tb/             TensorBoard event files (when the ``tensorboard`` package is installed)
     curves.png      training and validation loss against step, drawn at the end
 """
@@ -74,11 +80,13 @@ class Monitor:
             f.write(json.dumps(record) + "\n")
 
     def log_train(self, step: int, *, loss: float, lr: float, tokens_per_s: float,
-                  grad_norm: float) -> None:
+                  grad_norm: float, **extra: Any) -> None:
+        """One training record; ``extra`` (e.g. a mixture of experts' ``expert_fraction`` and
+        ``expert_balance``) joins it as given, and scalar lists go to TensorBoard per index."""
         if not self.enabled:
             return
         self._append({"kind": "train", "step": step, "loss": loss, "lr": lr,
-                      "tokens_per_s": tokens_per_s, "grad_norm": grad_norm,
+                      "tokens_per_s": tokens_per_s, "grad_norm": grad_norm, **extra,
                       "time": time.time()})
         if self.plain:
             self.message(f"step {step}/{self.total_steps}: loss {loss:.4f}, lr {lr:.2e}, "
@@ -91,6 +99,8 @@ class Monitor:
             self.writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
             if math.isfinite(grad_norm):
                 self.writer.add_scalar("train/grad_norm", grad_norm, step)
+            for i, balance in enumerate(extra.get("expert_balance", [])):
+                self.writer.add_scalar(f"experts/balance_layer{i}", balance, step)
 
     def log_eval(self, step: int, *, train_loss: float, val_loss: float) -> None:
         if not self.enabled:

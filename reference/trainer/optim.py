@@ -27,14 +27,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     weights, LoRA's A and B) decayed, everything else (biases, norms, embeddings) not.
 
     Frozen parameters (``requires_grad`` False, e.g. a LoRA run's base weights) are left out.
-    Each trainable parameter appears once, even when tied (``named_parameters`` deduplicates).
+    A matrix whose leading rows are frozen by a gradient hook (``frozen_rows`` set on it, as a
+    LoRA run does to an untied LM head that grew chat-token rows) is not decayed either: decay
+    would move the frozen rows. Each trainable parameter appears once, even when tied
+    (``named_parameters`` deduplicates).
     """
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 and id(p) not in embedding_ids else no_decay).append(p)
+            plain = id(p) not in embedding_ids and getattr(p, "frozen_rows", None) is None
+            (decay if p.dim() >= 2 and plain else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -8,7 +8,8 @@ messages or Alpaca records) with the loss on the assistant's tokens only:
   (``reference/chat.py``), appended after its last id: every id the base knew keeps its meaning.
   The embedding (tied to the LM head) grows by four rows, drawn like GPT-2's initial weights
   (normal, std 0.02) from ``train.seed``: random rows are distinct, so the model can tell the
-  roles apart from the first step;
+  roles apart from the first step. A Llama base with an untied head grows its ``lm_head`` by
+  four rows too (drawn after the embedding's), which train as the embedding's do;
 * **the model**: with ``finetune.method=lora`` every base weight is frozen and LoRA adapters
   (``reference/lora.py``) wrap the ``finetune.lora_targets`` linear layers; the four new
   embedding rows train too (a gradient hook zeroes the gradient of the base's rows, and the
@@ -40,12 +41,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..arch import build_model
 from ..atomic import write_json
 from ..chat import ChatTokenizer, Message, render
-from ..checkpoint import WEIGHTS_NAME, find_checkpoint, read_config, read_safetensors
+from ..checkpoint import WEIGHTS_NAME, Model, find_checkpoint, read_config, read_safetensors
 from ..finetune import encode_conversations, read_conversations, sft_batch
 from ..generate import generate_batch
 from ..inference import load
+from ..llama import Llama
 from ..model import GPT
 from ..tokenizers import META_NAME, TOKENIZER_NAME
 from .config import MAIN_JOB_MODEL, Config, config_from_dict
@@ -54,13 +57,36 @@ if TYPE_CHECKING:
     from .loop import Trainer
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "NEW_ROWS", "SFTData", "base_fingerprint",
-           "exact_match", "finetune_config", "finetune_model", "load_finetune_weights",
+           "exact_match", "finetune_config", "finetune_model", "grown_weights",
+           "load_finetune_weights", "new_rows_name",
            "prepare_sft", "save_adapter_files", "sft_batches"]
 
 NEW_ROWS = "transformer.wte.weight.new_rows"  # the adapter's copy of the chat tokens' rows
 ADAPTER_WEIGHTS = "adapter.safetensors"  # reference/lora.py's file names
 ADAPTER_CONFIG = "adapter_config.json"
-SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "bias")  # what the base decides
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "bias")  # what a GPT base decides
+
+
+def grown_weights(model: Model) -> dict[str, Tensor]:
+    """The weights that grow with the vocabulary, by state-dict name: the token embedding,
+    and a Llama's untied LM head (a tied head is the embedding).
+
+    >>> from reference.llama import LlamaConfig
+    >>> sorted(grown_weights(Llama(LlamaConfig(block_size=4, vocab_size=8, n_layer=1, n_head=1,
+    ...                                        n_embd=8))))
+    ['lm_head.weight', 'model.embed_tokens.weight']
+    """
+    if isinstance(model, Llama):
+        out = {"model.embed_tokens.weight": model.model.embed_tokens.weight}
+        if not model.config.tie_word_embeddings:
+            out["lm_head.weight"] = model.lm_head.weight
+        return out
+    return {"transformer.wte.weight": model.transformer.wte.weight}
+
+
+def new_rows_name(name: str) -> str:
+    """The adapter's name for the chat tokens' rows of the grown weight ``name``."""
+    return f"{name}.new_rows"
 Example = tuple[list[int], list[bool]]
 
 
@@ -138,39 +164,46 @@ def base_fingerprint(base: str) -> str:
     return digest.hexdigest()
 
 
-def finetune_model(config: Config, vocab_size: int) -> tuple[GPT, int]:
+def finetune_model(config: Config, vocab_size: int) -> tuple[Model, int]:
     """The base model grown to ``vocab_size`` tokens (the new rows drawn from ``train.seed``),
     with LoRA applied for ``method=lora``; returns it and the base's vocabulary size."""
-    from ..lora import apply_lora
+    from ..lora import apply_lora, check_lora_targets
 
     ft = config.finetune
     assert ft.base is not None
     base = load(ft.base).model
     n_base = base.config.vocab_size
-    model = GPT(config.model.model_copy(update={"vocab_size": vocab_size}))
+    model = build_model(config.model.model_copy(update={"vocab_size": vocab_size}))
     state = base.state_dict()
-    wte = state.pop("transformer.wte.weight")
-    state.pop("lm_head.weight", None)  # tied: the same tensor as wte
+    grown = grown_weights(model)
+    old = {name: state.pop(name) for name in grown}
+    state.pop("lm_head.weight", None)  # tied: the same tensor as the embedding
     missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"transformer.wte.weight", "lm_head.weight"}
+    assert not unexpected and set(missing) <= set(grown) | {"lm_head.weight"}
+    generator = torch.Generator().manual_seed(config.train.seed)
     with torch.no_grad():
-        rows = torch.empty(vocab_size - n_base, wte.size(1))
-        rows.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(config.train.seed))
-        model.transformer.wte.weight.copy_(torch.cat([wte, rows.to(wte.dtype)]))
+        for name, weight in grown.items():  # the embedding's rows first, then the head's
+            rows = torch.empty(vocab_size - n_base, weight.size(1))
+            rows.normal_(0.0, 0.02, generator=generator)
+            weight.copy_(torch.cat([old[name], rows.to(old[name].dtype)]))
     model.train()
     if ft.method == "lora":
+        if ft.lora_targets is not None:  # one line naming a pattern that matches nothing
+            check_lora_targets(ft.lora_targets, model.config.arch)
         apply_lora(model, r=ft.lora_r, alpha=ft.lora_alpha, dropout=ft.lora_dropout,
-                   targets=tuple(ft.lora_targets), rslora=ft.rslora)
-        weight = model.transformer.wte.weight
-        weight.requires_grad_(True)
-        keep = torch.zeros(weight.size(0), 1, dtype=weight.dtype)
-        keep[n_base:] = 1.0
-        weight.register_hook(lambda grad: grad * keep.to(grad.device))  # type: ignore[no-untyped-call]
+                   targets=None if ft.lora_targets is None else tuple(ft.lora_targets),
+                   rslora=ft.rslora)
+        for weight in grown.values():
+            weight.requires_grad_(True)
+            weight.frozen_rows = n_base  # type: ignore[attr-defined]  # not decayed (optim.py)
+            keep = torch.zeros(weight.size(0), 1, dtype=weight.dtype)
+            keep[n_base:] = 1.0
+            weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))  # type: ignore[no-untyped-call]
     return model, n_base
 
 
 @torch.no_grad()
-def exact_match(model: GPT, chat: ChatTokenizer, conversations: Sequence[Sequence[Message]],
+def exact_match(model: GPT | Llama, chat: ChatTokenizer, conversations: Sequence[Sequence[Message]],
                 *, batch_size: int = 64, max_new_tokens: int | None = None) -> float:
     """The fraction of ``conversations`` whose last (assistant) message the model writes
     exactly, generating greedily from the rendered earlier turns until ``<|end|>``. The model's
@@ -203,13 +236,19 @@ def finetune_config(config: Config, *, resuming: bool = False) -> Config:
     base_dir = find_checkpoint(ft.base)
     base = read_config(base_dir / "config.json")
     given = config.model
-    for name in SHAPE:
+    if given.arch != base.arch and given.model_copy(update={"dropout": 0.0}) != MAIN_JOB_MODEL:
+        raise ValueError(f"model.arch={given.arch} but the base model {base_dir} is "
+                         f"{base.arch}: the model section comes from finetune.base (only "
+                         "model.dropout may change)")
+    shape = SHAPE if given.arch == base.arch == "gpt2" else \
+        tuple(n for n in type(base).model_fields if n not in ("dropout", "vocab_size"))
+    for name in shape if given.arch == base.arch else ():
         value = getattr(given, name)
-        if value != getattr(base, name) and value != getattr(MAIN_JOB_MODEL, name):
+        if value != getattr(base, name) and value != getattr(MAIN_JOB_MODEL, name, value):
             raise ValueError(f"model.{name}={value!r} but the base model {base_dir} has "
                              f"{getattr(base, name)!r}: the model section comes from "
                              "finetune.base (only model.dropout may change)")
-    model = {name: getattr(base, name) for name in SHAPE} | {"dropout": given.dropout}
+    model = {name: getattr(base, name) for name in shape} | {"dropout": given.dropout}
     if "vocab_size" in given.model_fields_set and resuming:
         model["vocab_size"] = given.vocab_size
     fingerprint = base_fingerprint(ft.base)
@@ -230,9 +269,9 @@ def save_adapter_files(trainer: Trainer, directory: Path) -> None:
     model = trainer.model
     if not any(isinstance(m, LoRALinear) for m in model.modules()):
         return  # full fine-tuning: model.safetensors is the whole state
-    rows = model.transformer.wte.weight.detach()[trainer.base_vocab_size:]
-    save_adapter(model, directory, extra={NEW_ROWS: rows},
-                 base=str(trainer.config.finetune.base))
+    rows = {new_rows_name(name): weight.detach()[trainer.base_vocab_size:]
+            for name, weight in grown_weights(model).items()}
+    save_adapter(model, directory, extra=rows, base=str(trainer.config.finetune.base))
 
 
 def load_finetune_weights(trainer: Trainer, directory: Path) -> None:
@@ -246,10 +285,13 @@ def load_finetune_weights(trainer: Trainer, directory: Path) -> None:
         load_weights(model, read_safetensors(directory / WEIGHTS_NAME, device=trainer.device))
         return
     state = read_safetensors(directory / ADAPTER_WEIGHTS, device=trainer.device)
-    rows = state.pop(NEW_ROWS, None)
-    if rows is None:
-        raise ValueError(f"{directory / ADAPTER_WEIGHTS}: no {NEW_ROWS} tensor (the chat "
-                         "tokens' embedding rows): not an adapter this trainer wrote")
+    grown = grown_weights(model)
+    rows = {name: state.pop(new_rows_name(name), None) for name in grown}
+    for name, found in rows.items():
+        if found is None:
+            raise ValueError(f"{directory / ADAPTER_WEIGHTS}: no {new_rows_name(name)} tensor "
+                             "(the chat tokens' rows): not an adapter this trainer wrote")
     load_lora_state_dict(model, state)
     with torch.no_grad():
-        model.transformer.wte.weight[trainer.base_vocab_size:].copy_(rows)
+        for name, weight in grown.items():
+            weight[trainer.base_vocab_size:].copy_(rows[name])  # type: ignore[arg-type]
