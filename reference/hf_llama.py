@@ -209,12 +209,22 @@ def from_hf_model(hf_model: nn.Module) -> Llama:
     return model
 
 
+def check_llama_layout(config: LlamaConfig) -> None:
+    """Raise ValueError, one line, when ``config`` has options the Llama and Mixtral layouts
+    cannot hold (``qk_norm``: ``Llama.to_hf()`` exports that model as Qwen3 instead)."""
+    config.check_hf_expressible()
+    if config.qk_norm:
+        raise ValueError("qk_norm: Hugging Face's Llama and Mixtral layouts have no q/k norms "
+                         "(Llama.to_hf() exports such a model as Qwen3)")
+
+
 def to_hf_model(model: Llama, attn_implementation: str = "sdpa") -> nn.Module:
     """A ``transformers.LlamaForCausalLM`` (``MixtralForCausalLM`` with experts) holding the
     weights of ``model``, on the CPU, in float32, in the mode of ``model``."""
     import transformers
 
     config = model.config
+    check_llama_layout(config)
     kwargs = llama_config_to_hf(config)
     hf_config: Any
     cls: Any
@@ -235,6 +245,7 @@ def to_hf_model(model: Llama, attn_implementation: str = "sdpa") -> nn.Module:
 def save_hf_llama(model: Llama, directory: str | os.PathLike[str]) -> Path:
     """Write ``model`` in Hugging Face's layout (``config.json`` + ``model.safetensors``):
     ``LlamaForCausalLM.from_pretrained(directory)`` (or Mixtral's) reads it."""
+    check_llama_layout(model.config)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = to_hf_state_dict(model.state_dict(), model.config)

@@ -11,6 +11,19 @@ What differs from GPT-2 (``reference/model.py``), block by block:
   mixture of experts (``reference.moe``), whose load-balancing loss joins the training loss;
 * an untied LM head by default (``tie_word_embeddings=True`` ties it, as Llama 3.2 1B does).
 
+Options from the training-speed records of the last two years (all off by default, so the
+model stays Hugging Face's ``LlamaForCausalLM``):
+
+* ``qk_norm``: RMSNorm over each head's query and key after the projection, before the
+  rotation (``self_attn.q_norm`` / ``k_norm``, as Qwen3 and modded-nanogpt): attention logits
+  cannot blow up, so a higher learning rate trains stably;
+* ``mlp="relu2"``: the feed-forward ``down(relu(up(x))²)`` (two matrices, no gate; Primer's
+  squared ReLU, modded-nanogpt's);
+* ``zero_init_proj``: ``o_proj`` and ``down_proj`` start at zero, so every block starts as
+  the identity and the residual stream is the embedding's;
+* ``logit_softcap``: logits ``cap·tanh(logits / cap)`` (Gemma 2's final soft-capping, used by
+  modded-nanogpt): they stay within (-cap, cap).
+
 Parameter names are Hugging Face's ``LlamaForCausalLM`` / ``MixtralForCausalLM`` names
 (``model.layers.0.self_attn.q_proj.weight``...), so ``reference.hf_llama`` converts key to key.
 The interface is :class:`reference.model.GPT`'s: ``forward(idx, targets, cache=, input_pos=)``,
@@ -66,7 +79,9 @@ class LlamaConfig(Settings):
     ``intermediate_size``, ``n_experts_per_tok`` per token, and the loss adds
     ``router_aux_loss_coef`` times the load-balancing loss (0.001: Hugging Face Mixtral's
     default). ``dropout`` (training only) applies to the attention weights and both residual
-    branches.
+    branches. ``qk_norm``, ``mlp``, ``zero_init_proj`` and ``logit_softcap``: see the module's
+    docstring (``mlp="relu2"`` uses ``intermediate_size`` as its hidden width; it does not
+    apply to experts).
     """
 
     arch: Literal["llama"] = "llama"
@@ -87,6 +102,10 @@ class LlamaConfig(Settings):
     n_experts_per_tok: PositiveInt = 2
     router_aux_loss_coef: NonNegativeFloat = 0.001
     attention_bias: Bool = False
+    qk_norm: Bool = False
+    mlp: Literal["swiglu", "relu2"] = "swiglu"
+    zero_init_proj: Bool = False
+    logit_softcap: PositiveFloat | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -115,11 +134,33 @@ class LlamaConfig(Settings):
         if self.n_experts and self.n_experts_per_tok > self.n_experts:
             raise ValueError(f"n_experts_per_tok {self.n_experts_per_tok} exceeds n_experts "
                              f"{self.n_experts}")
+        if self.n_experts and self.mlp != "swiglu":
+            raise ValueError(f"mlp={self.mlp!r} with n_experts={self.n_experts}: the experts "
+                             "are SwiGLU; use mlp='swiglu' or n_experts=0")
         return self
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    def hf_unsupported(self) -> list[str]:
+        """The options Hugging Face's Llama / Mixtral / Qwen3 cannot express (empty: it can):
+        ``mlp="relu2"``, ``logit_softcap``, and ``qk_norm`` with experts or the interleaved
+        layout (``qk_norm`` alone exports as Qwen3). ``zero_init_proj`` is only an
+        initialisation and exports as any weights do."""
+        bad = [f"mlp={self.mlp!r}"] if self.mlp != "swiglu" else []
+        if self.logit_softcap is not None:
+            bad.append(f"logit_softcap={self.logit_softcap}")
+        if self.qk_norm and (self.n_experts or self.rope_layout != "half"):
+            bad.append(f"qk_norm with n_experts={self.n_experts}, "
+                       f"rope_layout={self.rope_layout!r}")
+        return bad
+
+    def check_hf_expressible(self) -> None:
+        """Raise ValueError, one line naming them, if :meth:`hf_unsupported` finds options."""
+        if bad := self.hf_unsupported():
+            raise ValueError(f"Hugging Face's Llama layout cannot express {', '.join(bad)}: "
+                             "export a model without these options")
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -157,6 +198,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * hs, bias=bias)
         self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * hs, bias=bias)
         self.o_proj = nn.Linear(config.n_head * hs, config.n_embd, bias=bias)
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if config.qk_norm:  # over each head's hs channels, as Qwen3's q_norm / k_norm
+            self.q_norm = RMSNorm(hs, config.norm_eps)
+            self.k_norm = RMSNorm(hs, config.norm_eps)
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, hs
         self.layout: RopeLayout = config.rope_layout
         self.dropout = config.dropout
@@ -165,8 +211,11 @@ class Attention(nn.Module):
                 kv_cache: tuple[Tensor, Tensor] | None = None,
                 input_pos: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # n_kv heads
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_size)  # (B, T, nh, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_size)  # n_kv heads
+        if self.q_norm is not None and self.k_norm is not None:  # before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hs), (B, n_kv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
         if kv_cache is not None and input_pos is not None:
@@ -177,6 +226,19 @@ class Attention(nn.Module):
             y = causal_gqa(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side
         out: Tensor = self.o_proj(y)
+        return out
+
+
+class ReLU2(nn.Module):
+    """``down_proj(relu(up_proj(x))²)`` without biases: the squared-ReLU feed-forward."""
+
+    def __init__(self, n_embd: int, hidden: int) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(n_embd, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, n_embd, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.down_proj(F.relu(self.up_proj(x)).square())  # (..., C)
         return out
 
 
@@ -196,6 +258,8 @@ class Block(nn.Module):
         if config.n_experts:
             self.mlp = MoE(config.n_embd, config.intermediate_size, config.n_experts,
                            config.n_experts_per_tok)
+        elif config.mlp == "relu2":
+            self.mlp = ReLU2(config.n_embd, config.intermediate_size)
         else:
             self.mlp = SwiGLU(config.n_embd, config.intermediate_size)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -254,7 +318,10 @@ class Llama(nn.Module):
         # GPT-2's scaled init of the projections that write into the residual stream
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:  # each block starts as the identity
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
         self._set_rope_tables(self.lm_head.weight.device)  # meta under torch.device("meta")
 
     def _set_rope_tables(self, device: torch.device) -> None:
@@ -351,6 +418,8 @@ class Llama(nn.Module):
             kv = cache.layer(i) if cache is not None else None
             x = block(x, cos, sin, kv, input_pos)
         logits: Tensor = self.lm_head(self.model.norm(x))  # (B, T, vocab_size)
+        if cfg.logit_softcap is not None:  # Gemma 2's: within (-cap, cap), ~identity near 0
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(
@@ -371,11 +440,29 @@ class Llama(nn.Module):
         return from_hf_model(hf_model)
 
     def to_hf(self) -> nn.Module:
-        """A Hugging Face ``LlamaForCausalLM`` (``MixtralForCausalLM`` with experts) holding
-        these weights; needs ``transformers`` (see :mod:`reference.hf_llama`)."""
+        """A Hugging Face ``LlamaForCausalLM`` (``MixtralForCausalLM`` with experts,
+        ``Qwen3ForCausalLM`` with ``qk_norm``) holding these weights; needs ``transformers``
+        (see :mod:`reference.hf_llama`). A ValueError names the options none of them has."""
+        self.config.check_hf_expressible()
+        if self.config.qk_norm:
+            return self._to_qwen3()
         from .hf_llama import to_hf_model
 
         return to_hf_model(self)
+
+    def _to_qwen3(self) -> nn.Module:
+        """Qwen3 is Llama with q_norm / k_norm under the same names: the same state dict."""
+        import transformers
+
+        from .hf_llama import llama_config_to_hf
+
+        kwargs = {k: v for k, v in llama_config_to_hf(self.config).items() if k != "mlp_bias"}
+        hf_config: Any = transformers.Qwen3Config(**kwargs, use_sliding_window=False)
+        hf_config._attn_implementation = "sdpa"
+        hf: nn.Module = transformers.Qwen3ForCausalLM(hf_config)
+        hf.load_state_dict({k: v.detach().float().cpu() for k, v in self.state_dict().items()},
+                           strict=True)
+        return hf.train(self.training)
 
 
 # ---------------------------------------------------------------- the spec's functional API

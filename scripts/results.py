@@ -207,8 +207,10 @@ def load_results(root: Path = RESULTS) -> tuple[list[BenchRun], list[GateRun], l
                 gates.append(GateRun.model_validate(data))
             elif kind == "run":
                 runs.append(TrainingRun.model_validate(data))
+            elif kind == "study":  # scripts/study.py's runs: its own table, not these two
+                continue
             else:
-                fail(f"{path}: unknown kind {kind!r} (expected bench, gates or run)")
+                fail(f"{path}: unknown kind {kind!r} (expected bench, gates, run or study)")
         except ValidationError as e:
             error = e.errors()[0]
             fail(f"{path}: {'.'.join(map(str, error['loc']))}: {error['msg']}")

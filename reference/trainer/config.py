@@ -142,6 +142,8 @@ class TrainSection(Settings):
     beta1: Annotated[NonNegativeFloat, Field(lt=1)] = 0.9
     beta2: Annotated[NonNegativeFloat, Field(lt=1)] = 0.99
     eps: PositiveFloat = 1e-8
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' matrices (muon.py)
+    muon_lr: PositiveFloat = 0.02  # optimizer=muon: Muon's peak lr (scheduled as lr is)
     grad_clip: PositiveFloat | None = 1.0
     eval_interval: PositiveInt = 250
     eval_steps: PositiveInt = 10
@@ -163,6 +165,10 @@ class TrainSection(Settings):
         if self.strategy == "fsdp" and self.dtype == "float16":
             raise ValueError("train.dtype=float16 is not supported with train.strategy=fsdp (its "
                              "gradient scaler does not shard): use bfloat16")
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise ValueError("train.optimizer=muon does not shard yet: use train.strategy=ddp")
+        if self.optimizer != "muon" and self.muon_lr != type(self).model_fields["muon_lr"].default:
+            raise ValueError("train.muon_lr is used only with train.optimizer=muon")
         if self.strategy != "fsdp" and not self.fsdp_reshard_after_forward:
             raise ValueError("train.fsdp_reshard_after_forward is used only with "
                              "train.strategy=fsdp")

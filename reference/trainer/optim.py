@@ -47,8 +47,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def make_optimizer(
     model: nn.Module, train: TrainSection, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, fused into one kernel on CUDA."""
+) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`, fused into one kernel on CUDA; with
+    ``train.optimizer=muon``, Muon for the blocks' matrices and AdamW for the rest
+    (:func:`reference.muon.make_muon_optimizer`)."""
+    if train.optimizer == "muon":
+        from ..muon import make_muon_optimizer
+
+        return make_muon_optimizer(model, lr=train.lr, muon_lr=train.muon_lr,
+                                   weight_decay=train.weight_decay,
+                                   betas=(train.beta1, train.beta2), eps=train.eps,
+                                   fused=device.type == "cuda")
     return torch.optim.AdamW(
         param_groups(model, train.weight_decay),
         lr=train.lr,
