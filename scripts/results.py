@@ -219,8 +219,10 @@ def load_results(root: Path = RESULTS) -> tuple[list[BenchRun], list[GateRun], l
 
 def fmt(value: Any) -> str:
     if isinstance(value, float):
-        if value == 0 or 1e-3 <= abs(value) < 1e6:
-            return f"{value:,.4g}" if abs(value) >= 1000 else f"{value:.4g}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if value == 0 or abs(value) >= 1e-3:
+            return f"{value:.4g}"
         return f"{value:.3e}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -241,7 +243,8 @@ def performance_table(benches: list[BenchRun], gates: list[GateRun]) -> str:
                 if b is peer:
                     continue
                 ratio = f" {b.median_s / peer.median_s:.2f}x" if peer else ""
-                extra = ", ".join(f"{k} {fmt(v)}" for k, v in b.figures.items())
+                extra = ", ".join(f"{k} {fmt(v)}" for k, v in b.figures.items()
+                                  if k != "device")  # the machine has its own column
                 cells.append(f"{b.impl}{ratio} ({fmt(b.median_s * 1e3)} ms"
                              + (f"; {extra}" if extra else "") + ")")
             peer_cell = (f"{peer.impl} ({fmt(peer.median_s * 1e3)} ms)" if peer
@@ -262,7 +265,8 @@ def performance_table(benches: list[BenchRun], gates: list[GateRun]) -> str:
     if not gates:
         rows.append("| GPU gates (`benchmarks/gpu_gate.sh`) | - | not run yet: no GPU has been "
                     "available to this project | - |")
-    return "\n".join(rows)
+    notes = [f"Measured with `{run.command}` on {run.machine}, {run.date}." for run in benches]
+    return "\n".join(rows + (["", *notes] if notes else []))
 
 
 def training_table(runs: list[TrainingRun]) -> str:
@@ -304,10 +308,10 @@ def rendered_readme(readme_path: Path = README, root: Path = RESULTS) -> tuple[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/results.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("bench", help="keep a pytest-benchmark JSON run")
     b.add_argument("json")
-    b.add_argument("--command", default="pytest benchmarks",
+    b.add_argument("--command", dest="made_by", default="pytest benchmarks",
                    help="the command that made it (stored with it)")
     g = sub.add_parser("gates", help="keep a GPU gate summary (benchmarks/gpu_gate.sh)")
     g.add_argument("json")
@@ -319,13 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--check", action="store_true", help="exit 1 if the README is stale")
     args = parser.parse_args(argv)
 
-    if args.command == "bench":
-        run = bench_from_pytest_benchmark(read_json(Path(args.json)), args.command)
+    if args.action == "bench":
+        run = bench_from_pytest_benchmark(read_json(Path(args.json)), args.made_by)
         write(RESULTS / f"bench-{slug(run.machine)[:40]}-{run.date}.json", run)
-    elif args.command == "gates":
+    elif args.action == "gates":
         gates = gates_from_summary(read_json(Path(args.json)))
         write(RESULTS / f"gates-{slug(gates.machine)[:40]}-{gates.date}.json", gates)
-    elif args.command == "run":
+    elif args.action == "run":
         run_dir = Path(args.run_dir)
         write(RESULTS / "training" / f"{slug(args.name)}.json",
               run_from_directory(run_dir, args.name, args.note))
