@@ -57,7 +57,6 @@ import platform
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -525,30 +524,17 @@ def _prompts(config: GPTConfig, n: int, prompt_len: int) -> list[str]:
 @contextlib.contextmanager
 def _serving(run: Path, device: torch.device, max_batch: int) -> Iterator[str]:
     """``create_app`` on a real uvicorn on 127.0.0.1 (a thread of this process); its URL."""
-    import uvicorn
 
     from reference.server.app import create_app
+    from reference.server.background import serve_in_thread
     from reference.server.settings import ServerSettings
 
     settings = ServerSettings(model=str(run), device=str(device), allow_anonymous=True,
                               max_batch=max_batch, max_waiting=max_batch, playground=False,
                               log_level="warning",
                               requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
 
 
 Timeline = tuple[float, list[list[float]]]  # (the round's start, each token's arrival time)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,7 +39,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 
 from benchmarks.conftest import device_name
 from reference.batching import Engine, Request
@@ -48,6 +46,7 @@ from reference.checkpoint import save_checkpoint
 from reference.inference import load
 from reference.model import GPT, GPTConfig
 from reference.server.app import create_app
+from reference.server.background import serve_in_thread
 from reference.server.settings import ServerSettings
 from reference.tokenizers import META_NAME, CharTokenizer
 
@@ -78,18 +77,8 @@ def serving(run: Path, device: str) -> Iterator[tuple[str, Engine]]:
                               max_batch=N_REQUESTS, max_waiting=N_REQUESTS,
                               requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", app.state.served.engine
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    with serve_in_thread(app) as url:
+        yield url, app.state.served.engine
 
 
 async def one_request(client: httpx.AsyncClient, i: int, prompt: str) -> list[float]:

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .kvcache import SDPA_GQA, KVCache, cache_update, cached_attention
-from .model import check_idx
+from .model import check_idx, init_weights
 from .moe import MoE, load_balancing_loss
 from .rmsnorm import RMSNorm, rms_norm
 from .rope import RopeLayout, RopeScaling, apply_rotary, rope_cache, rope_frequencies
@@ -341,14 +341,7 @@ class Llama(nn.Module):
         self._set_rope_tables(self.rope_cos.device)
         return self
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+    _init_weights = staticmethod(init_weights)
 
     def blocks(self) -> list[Block]:
         return [cast(Block, block) for block in self.model.layers]

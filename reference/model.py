@@ -194,6 +194,17 @@ def check_token_ids(idx: Tensor, vocab_size: int) -> None:
         raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
 
 
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation (``module.apply(init_weights)``): linear and embedding weights
+    normal with std ``INIT_STD``, biases zero; the Llama-style model uses it too."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+
 class Transformer(nn.Module):
     """The trunk: embeddings, blocks, final LayerNorm (GPT-2's ``transformer.*`` names)."""
 
@@ -223,14 +234,7 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+    _init_weights = staticmethod(init_weights)
 
     def blocks(self) -> list[Block]:
         """The transformer blocks in order (``transformer.h``), as :class:`reference.llama.Llama`

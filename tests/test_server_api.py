@@ -13,17 +13,14 @@ import asyncio
 import itertools
 import json
 import logging
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import torch
-import uvicorn
 from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,6 +31,7 @@ from reference.checkpoint import save_checkpoint
 from reference.inference import SampleSettings, load, stream_text
 from reference.model import GPT, GPTConfig
 from reference.server.app import create_app
+from reference.server.background import serve_in_thread
 from reference.server.settings import ServerSettings
 from reference.server.streaming import StopMatcher
 from reference.tokenizers import META_NAME, CharTokenizer
@@ -65,24 +63,9 @@ def server_settings(model: Path, **changes: Any) -> ServerSettings:
                              "threads": 1, **changes})
 
 
-@contextmanager
-def running(app: FastAPI) -> Iterator[str]:
+def running(app: FastAPI) -> AbstractContextManager[str]:
     """``app`` served by a real uvicorn on a free port of 127.0.0.1, in a thread: its URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return serve_in_thread(app, start_timeout=60, stop_timeout=30)
 
 
 def sse_data(body: str) -> list[str]:
