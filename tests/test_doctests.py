@@ -1,5 +1,5 @@
-"""The docstrings' examples are true: every ``>>>`` example in the library and the worked
-solutions runs as a doctest in the default test run (the learner's worked examples included).
+"""The docstrings' examples are true: every ``>>>`` example in the library, the worked
+solutions and the specs' hint helper runs as a doctest in the default test run (the learner's worked examples included).
 
 Examples that use GPT-2's ranks file find its path in the global ``GPT2_RANKS`` (the shared test
 data); they run with the project's root as the working directory.
@@ -20,7 +20,7 @@ MODULES = sorted(
     for package in ("reference", "solutions")
     for p in (ROOT / package).rglob("*.py")
     if "__pycache__" not in p.parts and p.name != "__main__.py"
-)
+) + ["specs.hints"]  # the specs' one helper module with examples
 
 
 @pytest.mark.parametrize("name", MODULES)
