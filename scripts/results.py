@@ -74,6 +74,35 @@ class GateRun(Strict):
     gates: list[Gate]
 
 
+class CurvePoint(Strict):
+    step: int
+    seconds: float
+    val_loss: float
+
+
+class StudyRecord(Strict):
+    """One variant of the architecture study (``scripts/study.py``) on one tokenization."""
+
+    kind: str = "study"
+    variant: str
+    data: str
+    arch: str
+    optimizer: str
+    overrides: list[str]
+    config: str
+    parameters: int
+    val_loss: float
+    steps: int
+    budget_s: float
+    train_seconds: float
+    tokens_per_s: float
+    peak_rss_mb: float
+    curve: list[CurvePoint]
+    quick: bool
+    machine: str
+    date: str
+
+
 class TrainingRun(Strict):
     kind: str = "run"
     name: str
@@ -193,10 +222,18 @@ def run_from_directory(run_dir: Path, name: str, note: str) -> TrainingRun:
 
 
 def load_results(root: Path = RESULTS) -> tuple[list[BenchRun], list[GateRun], list[TrainingRun]]:
-    """Every stored measurement under ``root``, validated (a bad file: one line, exit 2)."""
+    """Every stored measurement under ``root`` but the study's, validated (a bad file: one
+    line, exit 2)."""
+    benches, gates, runs, _ = load_all(root)
+    return benches, gates, runs
+
+
+def load_all(root: Path = RESULTS) -> tuple[list[BenchRun], list[GateRun], list[TrainingRun],
+                                            list[StudyRecord]]:
     benches: list[BenchRun] = []
     gates: list[GateRun] = []
     runs: list[TrainingRun] = []
+    study: list[StudyRecord] = []
     for path in sorted(root.glob("**/*.json")):
         data = read_json(path)
         kind = data.get("kind") if isinstance(data, dict) else None
@@ -207,14 +244,17 @@ def load_results(root: Path = RESULTS) -> tuple[list[BenchRun], list[GateRun], l
                 gates.append(GateRun.model_validate(data))
             elif kind == "run":
                 runs.append(TrainingRun.model_validate(data))
-            elif kind == "study":  # scripts/study.py's runs: its own table, not these two
-                continue
+            elif kind == "study":
+                record = StudyRecord.model_validate(data)
+                if record.quick:
+                    fail(f"{path}: a --quick smoke run, not a measurement; delete it")
+                study.append(record)
             else:
                 fail(f"{path}: unknown kind {kind!r} (expected bench, gates, run or study)")
         except ValidationError as e:
             error = e.errors()[0]
             fail(f"{path}: {'.'.join(map(str, error['loc']))}: {error['msg']}")
-    return benches, gates, runs
+    return benches, gates, runs, study
 
 
 def fmt(value: Any) -> str:
@@ -285,6 +325,37 @@ def training_table(runs: list[TrainingRun]) -> str:
     return "\n".join(rows)
 
 
+STUDY_BASELINE = "llama"  # each option's effect is measured against the plain Llama-style run
+
+
+def study_table(records: list[StudyRecord]) -> str:
+    """Per tokenization, every variant's final validation loss after the same training
+    wall-clock, its difference from the plain Llama-style variant, speed and memory."""
+    if not records:
+        return "Not run yet: `python scripts/study.py` (about 50 minutes on 2 cores)."
+    rows = ["| variant | data | what changes (config, overrides) | parameters | steps in the "
+            "budget | tokens/s | peak RSS (MB) | validation loss | vs llama |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    order = ["char", "bpe"]
+    for r in sorted(records, key=lambda r: (order.index(r.data) if r.data in order else 9,
+                                            r.val_loss)):
+        base = next((b for b in records if b.data == r.data and b.variant == STUDY_BASELINE),
+                    None)
+        delta = f"{r.val_loss - base.val_loss:+.4f}" if base and base is not r else "-"
+        what = r.config + (": " + ", ".join(o.removeprefix("model.").removeprefix("train.")
+                                            for o in r.overrides) if r.overrides else "")
+        rows.append(f"| {r.variant} | {r.data} | {what} | {r.parameters:,} | {r.steps:,} | "
+                    f"{r.tokens_per_s:,.0f} | {r.peak_rss_mb:,.0f} | {r.val_loss:.4f} | "
+                    f"{delta} |")
+    budgets = sorted({f"{r.budget_s:g} s" for r in records})
+    machines = sorted({f"{r.machine.split(', load')[0]}, {r.date}" for r in records})
+    loads = [float(r.machine.rpartition("load ")[2]) for r in records if "load " in r.machine]
+    load = f"; load average at the start {min(loads):.2f}-{max(loads):.2f}" if loads else ""
+    note = (f"Training wall-clock per variant: {', '.join(budgets)}; {'; '.join(machines)}"
+            f"{load}.")
+    return "\n".join([*rows, "", note])
+
+
 def render(readme: str, tables: dict[str, str]) -> str:
     for name, table in tables.items():
         start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
@@ -297,10 +368,10 @@ def render(readme: str, tables: dict[str, str]) -> str:
 
 def rendered_readme(readme_path: Path = README, root: Path = RESULTS) -> tuple[str, str]:
     """(the README as it is, the README with its tables made from ``root``)."""
-    benches, gates, runs = load_results(root)
+    benches, gates, runs, study = load_all(root)
     text = readme_path.read_text(encoding="utf-8")
     return text, render(text, {"performance": performance_table(benches, gates),
-                               "training": training_table(runs)})
+                               "training": training_table(runs), "study": study_table(study)})
 
 
 # ---------------------------------------------------------------- command line

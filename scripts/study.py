@@ -13,28 +13,32 @@ batches for every variant of a tokenizer.
 
 Variants (``--only`` takes a comma-separated list of these names):
 
-* ``gpt2``: the GPT-2-style recipe itself (0.80M parameters with the char vocabulary);
+* ``nanogpt``: nanoGPT's published CPU recipe (``configs/shakespeare_char.yaml``: batch 12,
+  lr 1e-3), the issue's baseline, given the same wall-clock;
+* ``gpt2``: this project's fastest GPT-2-style recipe (0.80M parameters with the char vocabulary);
 * ``llama``: ``configs/llama_char.yaml``: RMSNorm, rotary, SwiGLU, 2 kv heads, untied head:
-  the same parameter count as ``gpt2`` (its untied head matches GPT-2's position table);
+  the same parameter count as ``gpt2`` (its untied head matches GPT-2's position table; on BPE
+  tokens, where a second 50,257 x 128 table would double the model, the Llama variants tie it);
 * ``moe``: ``configs/moe_char.yaml``: 4 SwiGLU experts of width 192, 2 per token: equal
   *active* parameters to ``llama`` (a token's feed-forward is 2 x 192 = 384 wide), twice the
   feed-forward weights in total;
 * ``muon``, ``qk_norm``, ``relu2``, ``zero_init``, ``softcap``: ``llama`` plus one option
   (``relu2`` with hidden width 576 keeps the parameter count: 2 x 128 x 576 = 3 x 128 x 384);
-* ``combo``: ``llama`` with all five options (edit ``VARIANTS`` for the best combination the
-  per-option runs show).
+* ``combo``: ``llama`` with all five options.
 
 Usage::
 
-    python scripts/study.py                          # everything: 2 x 9 variants, about 35 min
+    python scripts/study.py                          # everything: 2 x 10 variants, about 50 min
     python scripts/study.py --only gpt2,llama,muon --data char --seconds 60
     python scripts/study.py --quick --only gpt2,llama --out /tmp/s   # a smoke run, seconds
 
 It writes ``<out>/<variant>-<data>.json`` (``--out`` defaults to
 ``benchmarks/results/study``: val loss, steps, tokens/s, peak RSS, parameters, wall-clock,
 machine, date, the curve), one PNG of all validation-loss curves (``--plot``, default
-``build/study/curves.png``) and prints a Markdown table. Data from ``$LLMFS_DATA`` (default
-``../shared/data``): ``tinyshakespeare/input.txt`` and ``gpt2/gpt2.tiktoken``.
+``benchmarks/results/study/curves.png``, shown in the README) and prints a Markdown table
+(``scripts/results.py readme`` puts the stored records in the README). Data from
+``$LLMFS_DATA`` (default ``../shared/data``): ``tinyshakespeare/input.txt`` and
+``gpt2/gpt2.tiktoken``.
 """
 
 from __future__ import annotations
@@ -55,23 +59,25 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: import the project's packages
     sys.path.insert(0, str(ROOT))
 
-FAST = "shakespeare_char_fast.yaml"
-LLAMA = "llama_char.yaml"
-MUON_LR = 0.02  # Muon's peak; AdamW keeps the recipe's lr for embeddings, head and norms
-# name -> (config file, overrides, optimizer)
-VARIANTS: dict[str, tuple[str, list[str], str]] = {
-    "gpt2": (FAST, [], "adamw"),
-    "llama": (LLAMA, [], "adamw"),
-    "moe": ("moe_char.yaml", [], "adamw"),
-    "muon": (LLAMA, [], "muon"),
-    "qk_norm": (LLAMA, ["model.qk_norm=true"], "adamw"),
-    "relu2": (LLAMA, ["model.mlp=relu2", "model.intermediate_size=576"], "adamw"),
-    "zero_init": (LLAMA, ["model.zero_init_proj=true"], "adamw"),
-    "softcap": (LLAMA, ["model.logit_softcap=15.0"], "adamw"),
-    "combo": (LLAMA, ["model.qk_norm=true", "model.mlp=relu2", "model.intermediate_size=576",
-                      "model.zero_init_proj=true", "model.logit_softcap=15.0"], "muon"),
+NANOGPT, FAST, LLAMA = "shakespeare_char.yaml", "shakespeare_char_fast.yaml", "llama_char.yaml"
+MUON = ["train.optimizer=muon", "train.muon_lr=0.02"]  # AdamW keeps lr for embeddings, head, norms
+OPTIONS = ["model.qk_norm=true", "model.mlp=relu2", "model.intermediate_size=576",
+           "model.zero_init_proj=true", "model.logit_softcap=15.0"]
+# name -> (config file, overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "nanogpt": (NANOGPT, []),
+    "gpt2": (FAST, []),
+    "llama": (LLAMA, []),
+    "moe": ("moe_char.yaml", []),
+    "muon": (LLAMA, MUON),
+    "qk_norm": (LLAMA, ["model.qk_norm=true"]),
+    "relu2": (LLAMA, ["model.mlp=relu2", "model.intermediate_size=576"]),
+    "zero_init": (LLAMA, ["model.zero_init_proj=true"]),
+    "softcap": (LLAMA, ["model.logit_softcap=15.0"]),
+    "combo": (LLAMA, [*OPTIONS, *MUON]),
 }
 DATA = ("char", "bpe")
+GOAL_CHAR = 1.70  # issue 16: char-level validation loss in nanoGPT's CPU wall-clock
 CURVE_POINTS, CURVE_BATCHES, FINAL_BATCHES, BATCH, BLOCK = 10, 20, 200, 32, 64
 
 
@@ -89,6 +95,8 @@ def overrides(variant: str, data: str, work: Path) -> list[str]:
     if data == "bpe":
         common += ["data.tokenizer=gpt2",
                    f"data.tokenizer_path={root / 'gpt2' / 'gpt2.tiktoken'}"]
+        if VARIANTS[variant][0] != NANOGPT and VARIANTS[variant][0] != FAST:  # Llama-style
+            common.append("model.tie_word_embeddings=true")  # equal parameters on 50,257 ids
     return common + VARIANTS[variant][1]
 
 
@@ -96,19 +104,12 @@ def overrides(variant: str, data: str, work: Path) -> list[str]:
 
 
 def make_trainer(variant: str, data: str, work: Path, extra: list[str]) -> Any:
-    from reference.muon import make_muon_optimizer
     from reference.trainer.config import load_config
     from reference.trainer.loop import Trainer
 
     config = load_config(ROOT / "configs" / VARIANTS[variant][0],
                          overrides(variant, data, work) + extra)
-    trainer: Any = Trainer(config, overwrite=True)
-    if VARIANTS[variant][2] == "muon":  # until the trainer has train.optimizer=muon
-        t = config.train
-        trainer.optimizer = make_muon_optimizer(
-            trainer.model, lr=t.lr, muon_lr=MUON_LR, weight_decay=t.weight_decay,
-            betas=(t.beta1, t.beta2), eps=t.eps)
-    return trainer
+    return Trainer(config, overwrite=True)
 
 
 def val_loss(trainer: Any, batches: int) -> float:
@@ -165,7 +166,7 @@ def run_variant(variant: str, data: str, seconds: float, work: Path, quick: bool
     trainer.release()
     return {
         "kind": "study", "variant": variant, "data": data,
-        "arch": model.config.arch, "optimizer": VARIANTS[variant][2],
+        "arch": model.config.arch, "optimizer": trainer.config.train.optimizer,
         "overrides": VARIANTS[variant][1], "config": VARIANTS[variant][0],
         "parameters": model.num_parameters(),
         "val_loss": final, "steps": trainer.step, "budget_s": seconds,
@@ -190,10 +191,19 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
     datas = sorted({r["data"] for r in records}, key=DATA.index)
     fig, axes = plt.subplots(1, len(datas), figsize=(6.5 * len(datas), 4.5), squeeze=False)
+    names = list(VARIANTS)
+    colours = {n: f"C{i}" for i, n in enumerate(names)}  # one colour per variant in both panels
     for ax, data in zip(axes[0], datas, strict=True):
-        for r in (r for r in records if r["data"] == data):
+        rows = sorted((r for r in records if r["data"] == data),
+                      key=lambda r: names.index(r["variant"]) if r["variant"] in names else 99)
+        for r in rows:
             xs = [p["seconds"] for p in r["curve"]]
-            ax.plot(xs, [p["val_loss"] for p in r["curve"]], marker=".", label=r["variant"])
+            ax.plot(xs, [p["val_loss"] for p in r["curve"]], marker=".", label=r["variant"],
+                    color=colours.get(r["variant"]))
+        if data == "char":
+            ax.axhline(GOAL_CHAR, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(f"goal {GOAL_CHAR}", (0, GOAL_CHAR), xytext=(2, 2),
+                        textcoords="offset points", fontsize=8, color="grey")
         ax.set(title=f"Tiny Shakespeare, {data} tokens", xlabel="training wall-clock (s)",
                ylabel="validation loss (nats / token)")
         ax.grid(alpha=0.3)
@@ -223,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 3 s per variant, tiny evaluations")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study")
-    parser.add_argument("--plot", type=Path, default=ROOT / "build" / "study" / "curves.png")
+    parser.add_argument("--plot", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "study" / "curves.png")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "study",
                         help="tokenized data and scratch run directories")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "DATA"), help=argparse.SUPPRESS)
@@ -257,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record)
             print(f"{name}-{data}: val {record['val_loss']:.4f} after {record['steps']} steps "
                   f"({time.perf_counter() - start:.0f} s with setup)", flush=True)
-    plot(records, args.plot)
+    # the plot shows every record kept in --out (a study may run in parts: --data char, then bpe)
+    kept = [json.loads(p.read_text()) for p in sorted(args.out.glob("*-*.json"))]
+    plot([r for r in kept if r.get("kind") == "study" and r.get("quick") == args.quick]
+         or records, args.plot)
     print(table(records))
     print(f"\ncurves: {args.plot}; records: {args.out}")
     return 0

@@ -84,6 +84,37 @@ def test_a_gate_summary_and_a_run_render(tmp_path: Path) -> None:
             ) in results.training_table([run])
 
 
+def _study(variant: str, val_loss: float, **extra: object) -> results.StudyRecord:
+    fields: dict[str, object] = {
+        "variant": variant, "data": "char", "arch": "llama", "optimizer": "adamw",
+        "overrides": [], "config": "llama_char.yaml", "parameters": 804_224, "val_loss": val_loss,
+        "steps": 600, "budget_s": 104.0, "train_seconds": 104.2, "tokens_per_s": 12_000.0,
+        "peak_rss_mb": 400.0, "curve": [{"step": 600, "seconds": 104.2, "val_loss": val_loss}],
+        "quick": False, "machine": "x86_64, 2 cores, 2 threads, load 0.50", "date": "2026-11-29"}
+    return results.StudyRecord.model_validate({**fields, **extra})
+
+
+def test_the_study_table_shows_each_variant_against_plain_llama() -> None:
+    table = results.study_table([
+        _study("llama", 1.75),
+        _study("combo", 1.62, overrides=["model.qk_norm=true", "train.optimizer=muon"],
+               optimizer="muon")])
+    lines = table.splitlines()
+    assert lines[2].startswith("| combo | char | llama_char.yaml: qk_norm=true, optimizer=muon | "
+                               "804,224 | 600 | 12,000 | 400 | 1.6200 | -0.1300 |")
+    assert lines[3].endswith("| 1.7500 | - |")  # sorted by loss; the baseline has no delta
+    assert "104 s; x86_64, 2 cores, 2 threads, 2026-11-29; load average at the start 0.50" in table
+    assert "Not run yet" in results.study_table([])
+
+
+def test_a_quick_study_record_is_not_a_measurement(tmp_path: Path) -> None:
+    (tmp_path / "s.json").write_text(_study("llama", 2.0, quick=True).model_dump_json())
+    code = ("from pathlib import Path; from scripts import results; "
+            f"results.load_all(Path({str(tmp_path)!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--quick" in proc.stderr and proc.stderr.count("\n") == 1
+
+
 def test_render_replaces_only_between_the_markers() -> None:
     text = "a\n<!-- results:x -->\nold\n<!-- /results:x -->\nb\n"
     expected = "a\n<!-- results:x -->\nnew\n<!-- /results:x -->\nb\n"

@@ -47,7 +47,33 @@ def test_study_refuses_unknown_variants() -> None:
 def test_every_variant_is_a_valid_config(tmp_path: Path) -> None:
     from reference.trainer.config import load_config
 
-    for name, (config, _, _) in study.VARIANTS.items():
+    for name, (config, _) in study.VARIANTS.items():
         for data in study.DATA:
             cfg = load_config(ROOT / "configs" / config, study.overrides(name, data, tmp_path))
             assert cfg.data.tokenizer == ("char" if data == "char" else "gpt2"), name
+
+
+def test_llama_variants_match_gpt2_parameters_on_both_tokenizations(tmp_path: Path) -> None:
+    """Equal parameters: the untied Llama head stands for GPT-2's position table on characters;
+    on 50,257 BPE ids the Llama variants tie it (else they would be twice the size)."""
+    from reference.trainer.config import load_config
+
+    for data in study.DATA:
+        tied = {name: load_config(ROOT / "configs" / config, study.overrides(name, data, tmp_path)
+                                  ).model.tie_word_embeddings
+                for name, (config, _) in study.VARIANTS.items()
+                if config not in (study.NANOGPT, study.FAST)}
+        assert set(tied.values()) == {data == "bpe"}, (data, tied)
+
+
+def test_the_readme_study_commands_name_real_variants() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- study-commands -->")[1].split("<!-- /study-commands -->")[0]
+    runs = [line.split("#")[0].split() for line in block.splitlines() if "study.py" in line]
+    assert runs, "README.md's study-commands block runs no study"
+    for argv in runs:
+        args = argv[argv.index("scripts/study.py") + 1:]
+        for flag, known in (("--only", study.VARIANTS), ("--data", study.DATA)):
+            if flag in args:
+                names = args[args.index(flag) + 1].split(",")
+                assert set(names) <= set(known), f"README: {flag} {names} not in {list(known)}"
