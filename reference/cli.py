@@ -12,10 +12,14 @@ Commands::
     generate  CHECKPOINT [--prompt TEXT] [--temperature T] [--top-k K] [--top-p P] [--seed S]
               [--max-new-tokens N] [--num-samples N]    text from a trained model
               [--int8 float|dynamic]                    ... with int8 linear layers
+              [--context N] [--rope-scaling ...] [--sliding-window W] [--slide]
+                                                        ... past the training length
     quantize  CHECKPOINT OUT_DIR                        an int8 copy of a model checkpoint
     serve     [RUN_DIR] [--host H] [--port P]           the HTTP server (settings: LLMFS_SERVE_*)
     evaluate  RUN_DIR [--compare RUN_DIR2 | --compare-int8 float|dynamic] [--out DIR]
               [--text FILE] [--overwrite]               a Markdown + HTML report with plots
+              [--context N] [--rope-scaling linear:F|yarn:F] [--sliding-window W]
+                                                        ... past the training length
 
 With no arguments, ``train`` runs the main job: a small character-level GPT on the built-in
 corpus (Python's own documentation), a few minutes on a laptop CPU, no download; then a sample.
@@ -132,6 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     gen.add_argument("--no-cache", action="store_true",
                      help="run the whole context every step instead of the KV cache (slower)")
+    gen.add_argument("--context", type=int,
+                     help="Llama-style runs: read up to N tokens at once, past the trained "
+                          "block_size (rotary positions extrapolate)")
+    gen.add_argument("--rope-scaling", metavar="linear:F|yarn:F",
+                     help="Llama-style runs: position interpolation or YaRN by a factor F")
+    gen.add_argument("--sliding-window", type=int, metavar="W",
+                     help="Llama-style runs: each token sees only the W tokens up to itself")
+    gen.add_argument("--slide", action="store_true",
+                     help="Llama-style runs: past block_size, slide the KV cache (exact for a "
+                          "sliding-window model) instead of re-running the last block_size")
     gen.add_argument("--int8", choices=("float", "dynamic"),
                      help="quantize the blocks' linear layers to int8 first (reference/"
                           "quantization.py): float = weight-only, dynamic = int8 activations too")
@@ -170,7 +184,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", action="append", type=int, dest="seeds",
                           help="repeatable (default 0, 1)")
     evaluate.add_argument("--max-new-tokens", type=int, default=200)
-    evaluate.add_argument("--context", type=int, help="tokens per window (default block_size)")
+    evaluate.add_argument("--context", type=int,
+                          help="tokens per window (default block_size; past it for a "
+                               "Llama-style run: rotary positions extrapolate)")
+    evaluate.add_argument("--rope-scaling", metavar="linear:F|yarn:F",
+                          help="Llama-style runs: position interpolation (linear) or YaRN by a "
+                               "factor F, over the trained block_size")
+    evaluate.add_argument("--sliding-window", type=int, metavar="W",
+                          help="Llama-style runs: each token sees only the W tokens up to "
+                               "itself (W <= block_size: only trained distances)")
     evaluate.add_argument("--stride", type=int, help="window stride (default the context)")
     evaluate.add_argument("--max-chars", type=int, default=100_000,
                           help="evaluate on the text's first N characters (default 100000)")
@@ -310,10 +332,13 @@ def _run(make: Callable[[], Trainer], no_sample: bool) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .inference import SampleSettings, load, sample_text, stream_text
+    from .generate import Overflow
+    from .inference import SampleSettings, load, sample_text, stream_text, with_context
     from .settings import ValidationError, one_line
 
     loaded = load(args.checkpoint, device=args.device)
+    with_context(loaded.model, args.context, args.rope_scaling, args.sliding_window)
+    overflow: Overflow = "slide" if args.slide else "recompute"
     if args.int8 is not None:
         from .quantization import quantize
 
@@ -335,7 +360,8 @@ def _generate(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         print(settings.prompt, end="", flush=True)
         for piece in stream_text(loaded.model, loaded.tokenizer, settings,
-                                 use_cache=not args.no_cache, on_token=drawn.append):
+                                 use_cache=not args.no_cache, on_token=drawn.append,
+                                 overflow=overflow):
             print(piece, end="", flush=True)
         print()
         seconds = time.perf_counter() - started
@@ -343,7 +369,8 @@ def _generate(args: argparse.Namespace) -> int:
               f"tokens/s ({'full context each step' if args.no_cache else 'KV cache'}, "
               f"{_precision(loaded.model)}, {loaded.device})", file=sys.stderr)
         return 0
-    for i, text in enumerate(sample_text(loaded.model, loaded.tokenizer, settings)):
+    for i, text in enumerate(sample_text(loaded.model, loaded.tokenizer, settings,
+                                         overflow=overflow)):
         print(f"--- sample {i + 1} ---")
         print(text)
     return 0
@@ -420,7 +447,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     options = Options(
         prompts=tuple(args.prompts or ()), temperatures=tuple(args.temperatures or (0.5, 0.8, 1.0)),
         seeds=tuple(args.seeds or (0, 1)), max_new_tokens=args.max_new_tokens,
-        context=args.context, stride=args.stride, max_chars=args.max_chars, device=args.device)
+        context=args.context, stride=args.stride, max_chars=args.max_chars, device=args.device,
+        rope_scaling=args.rope_scaling, sliding_window=args.sliding_window)
     report_path = evaluate(args.run, out=args.out, compare=args.compare,
                            compare_int8=args.compare_int8, text=args.text,
                            overwrite=args.overwrite, options=options)

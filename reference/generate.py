@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -111,7 +111,8 @@ def sample_next_token(
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
-Overflow = Literal["recompute", "stop", "error"]
+Overflow = Literal["recompute", "stop", "error", "slide"]
+OVERFLOWS = ("recompute", "stop", "error", "slide")
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,19 @@ def _check_generation_args(
         _check_top_k(options.top_k)
     if options.top_p is not None:
         _check_top_p(options.top_p)
-    if options.overflow not in ("recompute", "stop", "error"):
-        raise ValueError(f"overflow must be 'recompute', 'stop' or 'error', got "
+    if options.overflow not in OVERFLOWS:
+        raise ValueError(f"overflow must be 'recompute', 'stop', 'error' or 'slide', got "
                          f"{options.overflow!r}")
     cfg = model.config
+    limit = cfg.block_size  # the widest prompt prefilled at once
+    if options.overflow == "slide":
+        if not isinstance(model, Llama):
+            raise ValueError(f"overflow='slide' needs rotary positions (a Llama-style model): "
+                             f"{type(model).__name__}'s learned position embeddings end at "
+                             f"block_size {cfg.block_size}; use overflow='recompute'")
+        if not options.use_cache:
+            raise ValueError("overflow='slide' slides the KV cache: it needs use_cache=True")
+        limit = model.config.sliding_window or cfg.block_size  # the ring's slots
     eos_id = options.eos_id
     if eos_id is not None and not 0 <= eos_id < cfg.vocab_size:
         raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {cfg.vocab_size})")
@@ -155,9 +165,10 @@ def _check_generation_args(
         if lengths.shape != (idx.shape[0],) or lengths.is_floating_point():
             raise ValueError(f"lengths must be a ({idx.shape[0]},) integer tensor, one length "
                              f"per row, got {lengths.dtype} {tuple(lengths.shape)}")
-        if cfg.block_size < T or int(lengths.min()) < 1 or int(lengths.max()) > T:
+        if limit < T or int(lengths.min()) < 1 or int(lengths.max()) > T:
+            what = "the ring's slots" if options.overflow == "slide" else "block_size"
             raise ValueError(f"lengths must lie in [1, {T}] (the padded width, at most "
-                             f"block_size {cfg.block_size}), got {lengths.tolist()}")
+                             f"{what} {limit}), got {lengths.tolist()}")
 
 
 def stream(
@@ -184,10 +195,16 @@ def stream(
 
     With ``use_cache`` (the default) the prompt is prefilled into a KV cache in one pass and
     each step then runs one token (``reference.kvcache``); without it every step runs the last
-    ``block_size`` tokens again. The tokens are the same either way. Past ``block_size`` the
+    ``block_size`` tokens again. The tokens are the same either way. Past ``block_size`` a GPT's
     cache cannot slide (positions are learned): ``overflow="recompute"`` continues by running
     the last ``block_size`` tokens each step, exactly as without a cache; ``"stop"`` ends the
-    stream there; ``"error"`` raises ValueError.
+    stream there; ``"error"`` raises ValueError. ``"slide"`` (Llama-style models only: rotary
+    positions) prefills the whole prompt into a ring cache (``Llama.new_cache(ring=True)``)
+    and decodes at positions past ``block_size``, each key keeping its own position's
+    rotation: *exact* for a model with ``sliding_window`` (its ring holds the W keys a query
+    sees: the tokens equal greedy decoding by the full forward); for a full-attention model, an
+    approximation (each query sees only the last ``block_size`` keys, and positions past the
+    trained ones are extrapolated).
 
     ``lengths`` (B,): the rows of ``idx`` are prompts of these lengths, right-padded (the
     padding's ids do not matter); each row continues after its own last real token. Needs the
@@ -224,23 +241,29 @@ def _stream(
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     rows = torch.arange(B, device=idx.device)
     # next_slot: where each row's next token goes in the cache (host ints: no sync per step)
-    cache, next_slot = None, [min(idx.shape[1], block_size)] * B
+    slide = o.overflow == "slide"
+    width = idx.shape[1] if slide else min(idx.shape[1], block_size)  # the prompt prefilled
+    cache, next_slot = None, [width] * B
     if lengths is not None:
         next_slot = [int(n) for n in lengths.tolist()]
     last_logits: Tensor | None = None
     for step in range(max_new_tokens):
         with torch.no_grad():  # a generator resumes outside any decorator's context
             if step == 0 and o.use_cache:  # prefill the prompt (its last block_size tokens)
-                prompt = idx[:, -block_size:]
-                cache = model.new_cache(B)
-                cache.length = prompt.shape[1]  # attention reads only the slots in use
+                prompt = idx[:, -width:]
+                if slide:  # a ring (Llama only: checked); any prompt length, no length
+                    cache = cast(Llama, model).new_cache(B, ring=True)
+                else:
+                    cache = model.new_cache(B)
+                    cache.length = prompt.shape[1]  # attention reads only the slots in use
                 slots = torch.arange(prompt.shape[1], device=idx.device).expand(B, -1)
                 logits = model(prompt, cache=cache, input_pos=slots)[0]  # (B, T, V)
                 at = torch.tensor(next_slot, device=idx.device) - 1
                 last_logits = logits[rows, at]  # (B, V): each row's last real token
-            elif cache is not None and max(next_slot) < block_size:  # decode one token
+            elif cache is not None and (slide or max(next_slot) < block_size):  # decode one
                 pos = torch.tensor(next_slot, device=idx.device)[:, None]  # (B, 1)
-                cache.length = max(next_slot) + 1
+                if not slide:
+                    cache.length = max(next_slot) + 1
                 last_logits = model(idx[:, -1:], cache=cache, input_pos=pos)[0][:, -1]
                 next_slot = [n + 1 for n in next_slot]
             else:  # no cache, or past block_size: run the last block_size tokens

@@ -1,4 +1,6 @@
-"""Hugging Face Llama and Mixtral layouts: configs and state dicts both ways, models, files.
+"""Hugging Face Llama, Mistral and Mixtral layouts: configs and state dicts both ways, models,
+files. A dense model with ``sliding_window`` is a ``MistralForCausalLM`` (Llama's weights under
+the same names, a sliding-window mask), one with experts a ``MixtralForCausalLM``.
 
 Our parameter names are Hugging Face's (``reference/llama.py``), so the map is key to key, with
 two differences:
@@ -44,6 +46,7 @@ from .rope import RopeScaling
 __all__ = [
     "from_hf_model",
     "from_hf_state_dict",
+    "hf_model_type",
     "llama_config_from_hf",
     "llama_config_to_hf",
     "load_hf_llama",
@@ -89,26 +92,36 @@ def llama_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         hf |= {"num_local_experts": config.n_experts,
                "num_experts_per_tok": config.n_experts_per_tok,
                "router_aux_loss_coef": config.router_aux_loss_coef,
-               "output_router_logits": True, "sliding_window": None}
+               "output_router_logits": True, "sliding_window": config.sliding_window}
+    elif config.sliding_window is not None:  # Mistral: no biases anywhere
+        hf |= {"sliding_window": config.sliding_window}
+        del hf["attention_bias"]
     else:
         hf |= {"mlp_bias": False}
     return hf
 
 
+def hf_model_type(config: LlamaConfig) -> str:
+    """``"mixtral"`` with experts, else ``"mistral"`` with a sliding window, else ``"llama"``."""
+    if config.n_experts:
+        return "mixtral"
+    return "mistral" if config.sliding_window is not None else "llama"
+
+
 def llama_config_from_hf(hf: Mapping[str, Any]) -> LlamaConfig:
-    """Our LlamaConfig from a Hugging Face Llama or Mixtral ``config.json`` dict (or a
+    """Our LlamaConfig from a Hugging Face Llama, Mistral or Mixtral ``config.json`` dict (or a
     ``transformers`` config's ``to_dict()``). A ValueError names any setting the reference model
     does not implement."""
     model_type = hf.get("model_type", "llama")
-    if model_type not in ("llama", "mixtral"):
-        raise ValueError(f"model_type {model_type!r} is neither 'llama' nor 'mixtral'")
+    if model_type not in ("llama", "mistral", "mixtral"):
+        raise ValueError(f"model_type {model_type!r} is not 'llama', 'mistral' or 'mixtral'")
     n_head, n_embd = int(hf["num_attention_heads"]), int(hf["hidden_size"])
     unsupported = {
         "hidden_act": hf.get("hidden_act", "silu") != "silu",
         "mlp_bias": bool(hf.get("mlp_bias")),
         "head_dim": hf.get("head_dim") not in (None, n_embd // n_head),
         "pretraining_tp": hf.get("pretraining_tp", 1) != 1,
-        "sliding_window": hf.get("sliding_window") is not None,
+        "sliding_window": model_type == "llama" and hf.get("sliding_window") is not None,
     }
     if bad := {k: hf.get(k) for k, is_bad in unsupported.items() if is_bad}:
         raise ValueError(f"unsupported Llama settings for the reference model: {bad}")
@@ -140,6 +153,7 @@ def llama_config_from_hf(hf: Mapping[str, Any]) -> LlamaConfig:
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         dropout=float(hf.get("attention_dropout", 0.0)),
         attention_bias=bool(hf.get("attention_bias", False)),
+        sliding_window=hf.get("sliding_window") if model_type != "llama" else None,
         **experts,
     )
 
@@ -219,8 +233,9 @@ def check_llama_layout(config: LlamaConfig) -> None:
 
 
 def to_hf_model(model: Llama, attn_implementation: str = "sdpa") -> nn.Module:
-    """A ``transformers.LlamaForCausalLM`` (``MixtralForCausalLM`` with experts) holding the
-    weights of ``model``, on the CPU, in float32, in the mode of ``model``."""
+    """A ``transformers.LlamaForCausalLM`` (``MixtralForCausalLM`` with experts,
+    ``MistralForCausalLM`` with a sliding window) holding the weights of ``model``, on the CPU,
+    in float32, in the mode of ``model``."""
     import transformers
 
     config = model.config
@@ -231,6 +246,9 @@ def to_hf_model(model: Llama, attn_implementation: str = "sdpa") -> nn.Module:
     if config.n_experts:
         hf_config = transformers.MixtralConfig(**kwargs)
         cls = transformers.MixtralForCausalLM
+    elif config.sliding_window is not None:
+        hf_config = transformers.MistralConfig(**kwargs)
+        cls = transformers.MistralForCausalLM
     else:
         hf_config = transformers.LlamaConfig(**kwargs)
         cls = transformers.LlamaForCausalLM
@@ -252,10 +270,10 @@ def save_hf_llama(model: Llama, directory: str | os.PathLike[str]) -> Path:
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight")  # Hugging Face re-ties it from tie_word_embeddings
     save_safetensors(directory / "model.safetensors", state)
-    mixtral = bool(model.config.n_experts)
+    model_type = hf_model_type(model.config)
     write_json(directory / "config.json", {
-        "model_type": "mixtral" if mixtral else "llama",
-        "architectures": ["MixtralForCausalLM" if mixtral else "LlamaForCausalLM"],
+        "model_type": model_type,
+        "architectures": [f"{model_type.capitalize()}ForCausalLM"],
         **llama_config_to_hf(model.config),
     })
     return directory

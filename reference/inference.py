@@ -24,15 +24,16 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
 from .checkpoint import TRAINER_NAME, find_checkpoint, load_checkpoint
-from .generate import stream
+from .generate import Overflow, stream
 from .llama import Llama
 from .model import GPT
+from .rope import RopeScaling, parse_rope_scaling
 from .settings import (
     NonNegativeFloat,
     NonNegativeInt,
@@ -45,7 +46,7 @@ from .settings import (
 from .tokenizers import Tokenizer, load_tokenizer
 
 __all__ = ["Loaded", "SampleSettings", "load", "prompt_ids", "resolve_device", "sample_text",
-           "stream_text"]
+           "stream_text", "with_context"]
 
 
 class SampleSettings(Settings):
@@ -69,6 +70,34 @@ class Loaded:
     checkpoint: Path  # the checkpoint directory it came from
     sample: SampleSettings  # the run's sample section (the defaults for a bare model checkpoint)
     device: torch.device
+
+
+def with_context(model: GPT | Llama, context: int | None, rope_scaling: str | None = None,
+                 sliding_window: int | None = None) -> int:
+    """Let ``model`` read ``context`` tokens at once, past its training length if it has
+    rotary positions, and apply ``rope_scaling`` ("linear:F" or "yarn:F") and a
+    ``sliding_window`` (Llama only), in place. Returns the trained length (the block_size it
+    had). A GPT's learned position embeddings end at its block_size: a context past it is a
+    ValueError naming the limit."""
+    trained = model.config.block_size
+    if context is not None and context < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
+    if isinstance(model, GPT):
+        if context is not None and context > trained:
+            raise ValueError(f"context {context} is past block_size {trained}: GPT-2's learned "
+                             f"position embeddings end there (a Llama-style model can go on)")
+        if rope_scaling is not None or sliding_window is not None:
+            raise ValueError(f"rope scaling {rope_scaling!r} / sliding window {sliding_window} "
+                             "need rotary positions (a Llama-style model); GPT-2's are learned")
+        return trained
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding window must be >= 1, got {sliding_window}")
+    length = max(context or trained, trained)
+    scaling: RopeScaling | Literal["keep"] = "keep"
+    if rope_scaling is not None:
+        scaling = parse_rope_scaling(rope_scaling, trained)
+    model.extend_context(length, scaling, sliding_window if sliding_window else "keep")
+    return trained
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -135,13 +164,15 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
 
 
 def stream_text(model: GPT | Llama, tokenizer: Tokenizer, settings: SampleSettings, *,
-                use_cache: bool = True,
+                use_cache: bool = True, overflow: Overflow = "recompute",
                 on_token: Callable[[int], None] | None = None) -> Iterator[str]:
     """The continuation of ``settings.prompt`` (one sample), as text pieces while it is drawn.
 
     Stops after ``max_new_tokens`` tokens or at the tokenizer's end-of-text token (not shown).
     A character whose UTF-8 bytes span several tokens is yielded once it is complete.
     ``use_cache``: prefill + one token per step (the default), or the full context each step.
+    ``overflow``: what happens past ``block_size`` (:func:`reference.generate.stream`;
+    ``"slide"``, Llama-style models only, slides the KV cache).
     ``on_token(id)`` is called for every token drawn (e.g. to count them).
     """
     device = next(model.parameters()).device
@@ -150,7 +181,7 @@ def stream_text(model: GPT | Llama, tokenizer: Tokenizer, settings: SampleSettin
     eot = tokenizer.eot_id
     steps = stream(model, idx, settings.max_new_tokens, temperature=settings.temperature,
                    top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed, eos_id=eot,
-                   use_cache=use_cache)
+                   use_cache=use_cache, overflow=overflow)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for step in steps:
         token = int(step[0])
@@ -164,16 +195,18 @@ def stream_text(model: GPT | Llama, tokenizer: Tokenizer, settings: SampleSettin
         yield tail
 
 
-def sample_text(model: GPT | Llama, tokenizer: Tokenizer, settings: SampleSettings) -> list[str]:
+def sample_text(model: GPT | Llama, tokenizer: Tokenizer, settings: SampleSettings, *,
+                overflow: Overflow = "recompute") -> list[str]:
     """``settings.num_samples`` continuations of ``settings.prompt``, prompt included, drawn
-    as one batch; each ends at the tokenizer's end-of-text token if it draws one."""
+    as one batch; each ends at the tokenizer's end-of-text token if it draws one.
+    ``overflow`` as for :func:`stream_text`."""
     device = next(model.parameters()).device
     ids = prompt_ids(tokenizer, settings.prompt, model.config.block_size)
     idx = torch.tensor([ids] * settings.num_samples, device=device)
     eot = tokenizer.eot_id
     steps = list(stream(model, idx, settings.max_new_tokens, temperature=settings.temperature,
                         top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
-                        eos_id=eot))
+                        eos_id=eot, overflow=overflow))
     rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(len(idx))]
     texts = []
     for row in rows:

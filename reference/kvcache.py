@@ -20,7 +20,13 @@ from the start of the key block): the two agree when the keys start at slot 0 an
 the whole sequence, and differ as soon as the cache holds keys before the block.
 
 With learned absolute positions the window cannot slide: past ``block_size`` the cached keys would
-need new positions. Generation then recomputes (see ``reference.generate``).
+need new positions. Generation then recomputes (see ``reference.generate``). Rotary positions
+(``reference.llama``) can: a *ring* cache (``KVCache.empty(..., ring=True)``) of S slots writes
+the token at position p into slot ``p % S`` and keeps each slot's absolute position in ``pos``;
+a key keeps the rotation of its own position, so nothing is recomputed. A block attends to the
+ring's keys (the positions before the block) and to its own keys (:func:`ring_attention_mask`),
+then its last S tokens are written (:func:`ring_update`). With a window W <= S (each query sees
+itself and the W-1 keys before it, Mistral's sliding window) the ring is exact.
 
 Example::
 
@@ -44,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SDPA_GQA", "KVCache", "cache_update", "cached_attention", "cached_attention_mask"]
+__all__ = ["SDPA_GQA", "KVCache", "cache_update", "cached_attention", "cached_attention_mask",
+           "masked_attention", "ring_attention", "ring_attention_mask", "ring_update"]
 
 # torch >= 2.5's scaled_dot_product_attention takes fewer key/value heads (enable_gqa=True)
 SDPA_GQA = torch.torch_version.TorchVersion(torch.__version__) >= "2.5"
@@ -63,14 +70,31 @@ class KVCache:
     k: list[Tensor]
     v: list[Tensor]
     length: int | None = None
+    pos: Tensor | None = None  # a ring cache's (B, S) int64 position per slot, -1 when empty
 
     @classmethod
     def empty(cls, *, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int,
               dtype: torch.dtype = torch.float32,
-              device: torch.device | str | None = None) -> KVCache:
+              device: torch.device | str | None = None, ring: bool = False) -> KVCache:
+        """Zeros; ``ring=True``: a ring cache (see the module's docstring), every slot empty."""
         shape = (batch_size, n_head, max_len, head_size)
+        pos = torch.full((batch_size, max_len), -1, device=device) if ring else None
         return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)],
-                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)])
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)],
+                   pos=pos)
+
+    @property
+    def ring(self) -> bool:
+        return self.pos is not None
+
+    def advance(self, input_pos: Tensor) -> None:
+        """A ring cache: record the positions ``input_pos`` (B, T) of the block just written
+        (its last S tokens, as :func:`ring_update` writes them)."""
+        assert self.pos is not None, "advance() is for ring caches"
+        S = self.pos.shape[1]
+        kept = input_pos[:, -S:]  # (B, <= S)
+        rows = torch.arange(kept.shape[0], device=kept.device)[:, None]
+        self.pos[rows, kept % S] = kept
 
     @property
     def batch_size(self) -> int:
@@ -82,18 +106,20 @@ class KVCache:
 
     def rows(self, start: int, stop: int) -> KVCache:
         """Rows ``start:stop`` of every layer, as views: writing to them writes to this cache."""
+        pos = self.pos[start:stop] if self.pos is not None else None
         return KVCache([k[start:stop] for k in self.k], [v[start:stop] for v in self.v],
-                       self.length)
+                       self.length, pos)
 
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
-        """Layer ``i``'s keys and values, the first :attr:`length` slots (views)."""
-        if self.length is None:
+        """Layer ``i``'s keys and values, the first :attr:`length` slots (views; a ring
+        cache's are all its slots)."""
+        if self.length is None or self.pos is not None:
             return self.k[i], self.v[i]
         return self.k[i][:, :, : self.length], self.v[i][:, :, : self.length]
 
     def copy_row(self, src: int, dst: int) -> None:
         """Copy row ``src`` of every layer onto row ``dst`` (a continuous batch compacting)."""
-        for t in (*self.k, *self.v):
+        for t in (*self.k, *self.v, *([self.pos] if self.pos is not None else [])):
             t[dst].copy_(t[src])
 
 
@@ -107,19 +133,68 @@ def cache_update(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor,
     v_cache.transpose(1, 2)[rows, input_pos] = v.transpose(1, 2).to(v_cache.dtype)
 
 
-def cached_attention_mask(input_pos: Tensor, max_len: int) -> Tensor:
-    """The bottom-right aligned mask (B, 1, T, S): the query at slot p sees the slots <= p."""
-    slots = torch.arange(max_len, device=input_pos.device)  # (S,)
-    return (slots[None, None, None, :] <= input_pos[:, None, :, None])  # (B, 1, T, S)
+def cached_attention_mask(input_pos: Tensor, max_len: int, window: int | None = None) -> Tensor:
+    """The bottom-right aligned mask (B, 1, T, S): the query at slot p sees the slots <= p
+    (with a sliding ``window`` W, only the slots p-W+1 .. p)."""
+    slots = torch.arange(max_len, device=input_pos.device)[None, None, None, :]  # (1, 1, 1, S)
+    p = input_pos[:, None, :, None]  # (B, 1, T, 1)
+    mask = slots <= p  # (B, 1, T, S)
+    if window is not None:
+        mask &= slots > p - window
+    return mask
 
 
-def cached_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
+def cached_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor,
+                     window: int | None = None) -> Tensor:
     """Attention of the queries ``q`` (B, nh, T, hs) at slots ``input_pos`` (B, T) over the
-    cache (B, nh, S, hs), bottom-right aligned -> (B, nh, T, hs).
+    cache (B, nh, S, hs), bottom-right aligned -> (B, nh, T, hs); with a sliding ``window``
+    W, each query sees only its own slot and the W-1 before it.
 
     A cache with fewer heads than ``q`` (grouped-query attention, n_kv dividing nh) serves each
     of its heads to ``nh // n_kv`` consecutive query heads, without copying the cache."""
-    mask = cached_attention_mask(input_pos, k_cache.shape[2])
+    mask = cached_attention_mask(input_pos, k_cache.shape[2], window)
+    return masked_attention(q, k_cache, v_cache, mask)
+
+
+def ring_attention_mask(cache_pos: Tensor, input_pos: Tensor, window: int) -> Tensor:
+    """(B, 1, T, S + T): which of the ring's S slots, then which of the block's own T keys,
+    the block's queries at positions ``input_pos`` (B, T) see. A query at p sees the keys at
+    positions p-window+1 .. p; of the ring, only the positions before the block's first (a slot
+    at or past it is stale: padding of a shorter row, about to be overwritten).
+
+    >>> ring = torch.tensor([[4, 1, 2, 3]])  # positions 1..4 in a ring of 4 slots
+    >>> ring_attention_mask(ring, torch.tensor([[5]]), window=3).int()  # 5 sees 3, 4 and 5
+    tensor([[[[1, 0, 0, 1, 1]]]], dtype=torch.int32)
+    """
+    q = input_pos[:, :, None]  # (B, T, 1)
+    old = cache_pos[:, None, :]  # (B, 1, S)
+    fresh = (old >= 0) & (old < input_pos[:, :1, None]) & (old > q - window)  # (B, T, S)
+    new = input_pos[:, None, :]  # (B, 1, T)
+    own = (new <= q) & (new > q - window)  # (B, T, T)
+    return torch.cat([fresh, own], dim=-1)[:, None]  # (B, 1, T, S + T)
+
+
+def ring_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor,
+                   mask: Tensor) -> Tensor:
+    """Attention of the block's queries ``q`` (B, nh, T, hs) over the ring (B, n_kv, S, hs)
+    and the block's own keys and values ``k``, ``v`` (B, n_kv, T, hs), under ``mask``
+    (:func:`ring_attention_mask`) -> (B, nh, T, hs). Call before :func:`ring_update`."""
+    keys = torch.cat([k_cache.to(q.dtype), k.to(q.dtype)], dim=2)  # (B, n_kv, S + T, hs)
+    values = torch.cat([v_cache.to(q.dtype), v.to(q.dtype)], dim=2)
+    return masked_attention(q, keys, values, mask)
+
+
+def ring_update(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor,
+                input_pos: Tensor) -> None:
+    """Write the block's last S tokens (B, n_kv, T, hs) into the ring (B, n_kv, S, hs): the
+    token at position p goes to slot ``p % S``."""
+    S = k_cache.shape[2]
+    cache_update(k_cache, v_cache, k[:, :, -S:], v[:, :, -S:], input_pos[:, -S:] % S)
+
+
+def masked_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, mask: Tensor) -> Tensor:
+    """Softmax attention of q (B, nh, T, hs) over keys and values (B, n_kv, S, hs), n_kv
+    dividing nh, where the boolean ``mask`` (B, 1, T, S) is True."""
     k, v = k_cache.to(q.dtype), v_cache.to(q.dtype)
     scale = 1.0 / math.sqrt(q.size(-1))
     if k.shape[1] == q.shape[1]:

@@ -9,7 +9,11 @@ What differs from GPT-2 (``reference/model.py``), block by block:
   ``n_head / n_kv_head`` times smaller;
 * the SwiGLU feed-forward (``reference.swiglu``), or with ``n_experts > 0`` Mixtral's sparse
   mixture of experts (``reference.moe``), whose load-balancing loss joins the training loss;
-* an untied LM head by default (``tie_word_embeddings=True`` ties it, as Llama 3.2 1B does).
+* an untied LM head by default (``tie_word_embeddings=True`` ties it, as Llama 3.2 1B does);
+* ``sliding_window`` W (Mistral's): each query sees itself and the W-1 tokens before it
+  (Hugging Face's ``MistralForCausalLM`` convention), so a ring KV cache of W slots decodes
+  exactly, past ``block_size`` too (``reference.kvcache``, ``overflow="slide"`` in
+  ``reference.generate``).
 
 Options from the training-speed records of the last two years (all off by default, so the
 model stays Hugging Face's ``LlamaForCausalLM``):
@@ -51,18 +55,26 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .kvcache import SDPA_GQA, KVCache, cache_update, cached_attention
+from .kvcache import (
+    SDPA_GQA,
+    KVCache,
+    cache_update,
+    cached_attention,
+    ring_attention,
+    ring_attention_mask,
+    ring_update,
+)
 from .model import check_idx, init_weights
 from .moe import MoE, load_balancing_loss
 from .rmsnorm import RMSNorm, rms_norm
-from .rope import RopeLayout, RopeScaling, apply_rotary, rope_cache, rope_frequencies
+from .rope import RopeLayout, RopeScaling, apply_rotary, rope_at, rope_cache, rope_frequencies
 from .settings import Bool, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
 from .swiglu import SwiGLU, swiglu_hidden
 
 __all__ = [
     "BLOCK_WEIGHTS", "Llama", "LlamaConfig", "apply_rotary", "causal_gqa", "check_block_weights",
     "check_gqa_inputs", "grouped_query_attention", "llama_attention", "llama_block",
-    "repeat_kv", "rms_norm", "rope_cache", "rope_frequencies", "swiglu",
+    "repeat_kv", "rms_norm", "rope_cache", "rope_frequencies", "sliding_window_mask", "swiglu",
 ]
 
 INIT_STD = 0.02  # Hugging Face Llama's initializer_range
@@ -81,7 +93,8 @@ class LlamaConfig(Settings):
     default). ``dropout`` (training only) applies to the attention weights and both residual
     branches. ``qk_norm``, ``mlp``, ``zero_init_proj`` and ``logit_softcap``: see the module's
     docstring (``mlp="relu2"`` uses ``intermediate_size`` as its hidden width; it does not
-    apply to experts).
+    apply to experts). ``sliding_window`` W: each query sees itself and the W-1 tokens before
+    it (None: every token before it), as Hugging Face's Mistral and Mixtral.
     """
 
     arch: Literal["llama"] = "llama"
@@ -106,6 +119,7 @@ class LlamaConfig(Settings):
     mlp: Literal["swiglu", "relu2"] = "swiglu"
     zero_init_proj: Bool = False
     logit_softcap: PositiveFloat | None = None
+    sliding_window: PositiveInt | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -145,8 +159,9 @@ class LlamaConfig(Settings):
 
     def hf_unsupported(self) -> list[str]:
         """The options Hugging Face's Llama / Mixtral / Qwen3 cannot express (empty: it can):
-        ``mlp="relu2"``, ``logit_softcap``, and ``qk_norm`` with experts or the interleaved
-        layout (``qk_norm`` alone exports as Qwen3). ``zero_init_proj`` is only an
+        ``mlp="relu2"``, ``logit_softcap``, ``qk_norm`` with experts or the interleaved
+        layout (``qk_norm`` alone exports as Qwen3), and ``sliding_window`` (Mistral's, or
+        Mixtral's with experts) with ``qk_norm`` or attention biases. ``zero_init_proj`` is only an
         initialisation and exports as any weights do."""
         bad = [f"mlp={self.mlp!r}"] if self.mlp != "swiglu" else []
         if self.logit_softcap is not None:
@@ -154,6 +169,8 @@ class LlamaConfig(Settings):
         if self.qk_norm and (self.n_experts or self.rope_layout != "half"):
             bad.append(f"qk_norm with n_experts={self.n_experts}, "
                        f"rope_layout={self.rope_layout!r}")
+        if self.sliding_window is not None and (self.qk_norm or self.attention_bias):
+            bad.append(f"sliding_window={self.sliding_window} with qk_norm or attention_bias")
         return bad
 
     def check_hf_expressible(self) -> None:
@@ -176,16 +193,38 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     return x[:, :, None].expand(B, n_kv, n_rep, T, hs).reshape(B, n_kv * n_rep, T, hs)
 
 
-def causal_gqa(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+def sliding_window_mask(T: int, window: int, device: torch.device | None = None) -> Tensor:
+    """(T, T) bool: query i sees key j when ``i - window < j <= i`` (itself and the
+    ``window - 1`` keys before it: Hugging Face's Mistral mask).
+
+    >>> sliding_window_mask(4, 2).int()
+    tensor([[1, 0, 0, 0],
+            [1, 1, 0, 0],
+            [0, 1, 1, 0],
+            [0, 0, 1, 1]], dtype=torch.int32)
+    """
+    i = torch.arange(T, device=device)
+    offset = i[:, None] - i[None, :]  # (T, T) query minus key position
+    return (offset >= 0) & (offset < window)
+
+
+def causal_gqa(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
+               window: int | None = None) -> Tensor:
     """Causal attention, q (B, nh, T, hs) over k, v (B, n_kv, T, hs), on torch's fused kernels:
     the kv heads are shared in place (``enable_gqa``), copied by :func:`repeat_kv` before
-    torch 2.5."""
+    torch 2.5. A sliding ``window`` shorter than T masks the keys further back
+    (:func:`sliding_window_mask`)."""
+    mask = None  # (T, T) when the window is shorter than the block
+    if window is not None and window < q.shape[2]:
+        mask = sliding_window_mask(q.shape[2], window, q.device)
+    causal = mask is None
     if k.shape[1] == q.shape[1] or not SDPA_GQA:
         n_rep = q.shape[1] // k.shape[1]
         return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
-                                              dropout_p=dropout_p, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
-                                          enable_gqa=True)
+                                              attn_mask=mask, dropout_p=dropout_p,
+                                              is_causal=causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=causal, enable_gqa=True)
 
 
 class Attention(nn.Module):
@@ -206,10 +245,11 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, hs
         self.layout: RopeLayout = config.rope_layout
         self.dropout = config.dropout
+        self.window = config.sliding_window
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor,
                 kv_cache: tuple[Tensor, Tensor] | None = None,
-                input_pos: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None = None, ring_mask: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_size)  # (B, T, nh, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_size)  # n_kv heads
@@ -218,12 +258,17 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hs), (B, n_kv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
-        if kv_cache is not None and input_pos is not None:
+        if kv_cache is not None and input_pos is not None and ring_mask is not None:
+            # a ring cache: attend to its keys and the block's own, then write the block
+            y = ring_attention(q, k, v, *kv_cache, ring_mask)  # (B, nh, T, hs)
+            ring_update(*kv_cache, k, v, input_pos)
+        elif kv_cache is not None and input_pos is not None:
             # the cache holds n_kv_head heads; each serves n_head // n_kv_head query heads
             cache_update(*kv_cache, k, v, input_pos)
-            y = cached_attention(q, *kv_cache, input_pos)  # (B, nh, T, hs)
+            y = cached_attention(q, *kv_cache, input_pos, self.window)  # (B, nh, T, hs)
         else:
-            y = causal_gqa(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+            dropout = self.dropout if self.training else 0.0
+            y = causal_gqa(q, k, v, dropout, self.window)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side
         out: Tensor = self.o_proj(y)
         return out
@@ -268,17 +313,19 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor,
                 kv_cache: tuple[Tensor, Tensor] | None = None,
-                input_pos: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None = None, ring_mask: Tensor | None = None) -> Tensor:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            out: Tensor = checkpoint(self._forward, x, cos, sin, kv_cache, input_pos,
+            out: Tensor = checkpoint(self._forward, x, cos, sin, kv_cache, input_pos, ring_mask,
                                      use_reentrant=False)
             return out
-        return self._forward(x, cos, sin, kv_cache, input_pos)
+        return self._forward(x, cos, sin, kv_cache, input_pos, ring_mask)
 
     def _forward(self, x: Tensor, cos: Tensor, sin: Tensor,
-                 kv_cache: tuple[Tensor, Tensor] | None, input_pos: Tensor | None) -> Tensor:
+                 kv_cache: tuple[Tensor, Tensor] | None, input_pos: Tensor | None,
+                 ring_mask: Tensor | None = None) -> Tensor:
         drop = self.resid_dropout
-        x = x + drop(self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, input_pos))
+        h = self.input_layernorm(x)
+        x = x + drop(self.self_attn(h, cos, sin, kv_cache, input_pos, ring_mask))
         h = self.mlp(self.post_attention_layernorm(x))
         if isinstance(h, tuple):  # a mixture of experts: (output, router logits (B*T, E))
             h, self.router_logits = h
@@ -352,6 +399,32 @@ class Llama(nn.Module):
             return None
         return torch.stack([cast(MoE, block.mlp).last_counts for block in self.blocks()])
 
+    def extend_context(self, block_size: int,
+                       rope_scaling: RopeScaling | Literal["keep"] | None = "keep",
+                       sliding_window: int | Literal["keep"] | None = "keep") -> Llama:
+        """Serve contexts of up to ``block_size`` tokens (and change the rotary scaling and the
+        sliding window, unless ``"keep"``), in place: rotary positions have no learned table,
+        so only the cos/sin tables grow. Past the trained length, plain RoPE *extrapolates*
+        (angles never seen in training); ``RopeScaling`` "linear" or "yarn" interpolates them
+        instead; a ``sliding_window`` no longer than the trained length shows every query only
+        the distances it was trained on. Returns self.
+
+        >>> model = Llama(LlamaConfig(block_size=8, vocab_size=10, n_layer=1, n_head=2,
+        ...                           n_embd=8)).extend_context(32)
+        >>> model.config.block_size, tuple(model.rope_cos.shape)
+        (32, (32, 2))
+        """
+        update: dict[str, Any] = {"block_size": block_size}
+        if rope_scaling != "keep":
+            update["rope_scaling"] = rope_scaling
+        if sliding_window != "keep":
+            update["sliding_window"] = sliding_window
+        self.config = LlamaConfig.model_validate(self.config.model_dump() | update)
+        for block in self.blocks():
+            block.self_attn.window = self.config.sliding_window
+        self._set_rope_tables(self.rope_cos.device)
+        return self
+
     def set_activation_checkpointing(self, enabled: bool = True) -> Llama:
         """Recompute each block's activations in the backward pass instead of storing them;
         parameter names are unchanged. Returns self."""
@@ -360,13 +433,20 @@ class Llama(nn.Module):
         return self
 
     def new_cache(self, batch_size: int, max_len: int | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
+                  dtype: torch.dtype | None = None, ring: bool = False) -> KVCache:
         """An empty KV cache of ``n_kv_head`` heads for ``batch_size`` rows of up to ``max_len``
-        (default ``block_size``) tokens, on the model's device, in its dtype (or ``dtype``)."""
+        (default ``block_size``) tokens, on the model's device, in its dtype (or ``dtype``).
+
+        ``ring=True``: a ring of ``max_len`` slots (default ``sliding_window``, else
+        ``block_size``) that takes any number of tokens, each query seeing the last
+        ``min(sliding_window, max_len)`` positions (``reference.kvcache``): exact for a
+        sliding-window model when ``max_len >= sliding_window``; for full attention, an
+        approximation past ``max_len`` (the oldest keys are forgotten)."""
         cfg, weight = self.config, self.model.embed_tokens.weight
+        default = (cfg.sliding_window or cfg.block_size) if ring else cfg.block_size
         return KVCache.empty(n_layer=cfg.n_layer, batch_size=batch_size, n_head=cfg.n_kv_head,
-                             max_len=max_len or cfg.block_size, head_size=cfg.head_size,
-                             dtype=dtype or weight.dtype, device=weight.device)
+                             max_len=max_len or default, head_size=cfg.head_size,
+                             dtype=dtype or weight.dtype, device=weight.device, ring=ring)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once each (a tied head is the token embedding).
@@ -388,10 +468,14 @@ class Llama(nn.Module):
         As :meth:`reference.model.GPT.forward`: ``targets`` (B, T) are the next tokens, ``-1``
         ignored, the loss their mean cross-entropy (plus ``router_aux_loss_coef`` times the
         load-balancing loss with experts). With a ``cache``, ``input_pos`` (B, T) gives each
-        token's slot, which is also its rotary position.
+        token's slot, which is also its rotary position; with a ring cache (``new_cache(...,
+        ring=True)``), each token's position, of any size, and T is not bounded by
+        ``block_size``.
         """
         cfg = self.config
-        check_idx(idx, cfg.block_size)
+        ring = cache is not None and cache.ring
+        check_idx(idx, max(idx.shape[-1], 1) if ring and isinstance(idx, Tensor)
+                  else cfg.block_size)  # a ring takes blocks of any length
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(
                 f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"
@@ -402,14 +486,21 @@ class Llama(nn.Module):
             raise ValueError(f"input_pos must have the shape of idx {tuple(idx.shape)}, got "
                              f"{tuple(input_pos.shape)}")
         T = idx.shape[1]
+        ring_mask = None
         if input_pos is None:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hs/2)
+        elif cache is not None and cache.pos is not None:  # a ring: positions past any table
+            cos, sin = rope_at(input_pos, cfg.head_size, cfg.rope_theta, cfg.rope_scaling)
+            window = min(cfg.sliding_window or cache.max_len, cache.max_len)
+            ring_mask = ring_attention_mask(cache.pos, input_pos, window)  # (B, 1, T, S + T)
         else:
             cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # (B, T, hs/2)
         x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C)
         for i, block in enumerate(self.model.layers):
             kv = cache.layer(i) if cache is not None else None
-            x = block(x, cos, sin, kv, input_pos)
+            x = block(x, cos, sin, kv, input_pos, ring_mask)
+        if cache is not None and cache.pos is not None and input_pos is not None:
+            cache.advance(input_pos)
         logits: Tensor = self.lm_head(self.model.norm(x))  # (B, T, vocab_size)
         if cfg.logit_softcap is not None:  # Gemma 2's: within (-cap, cap), ~identity near 0
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)

@@ -47,8 +47,8 @@ from torch import Tensor
 
 from .settings import PositiveFloat, PositiveInt, Settings
 
-__all__ = ["RopeLayout", "RopeScaling", "apply_rotary", "attention_factor", "rope_cache",
-           "rope_frequencies"]
+__all__ = ["RopeLayout", "RopeScaling", "apply_rotary", "attention_factor",
+           "parse_rope_scaling", "rope_at", "rope_cache", "rope_frequencies"]
 
 RopeLayout = Literal["half", "interleaved"]
 
@@ -75,6 +75,27 @@ class RopeScaling(Settings):
                 "length the model was trained with)"
             )
         return self
+
+
+def parse_rope_scaling(text: str, trained_length: int) -> RopeScaling:
+    """``"linear:F"`` or ``"yarn:F"`` (the command line's ``--rope-scaling``) for a model
+    trained on ``trained_length`` tokens (YaRN's original context). A ValueError, one line,
+    names a bad value.
+
+    >>> parse_rope_scaling("yarn:4", 32).original_max_position_embeddings
+    32
+    """
+    kind, _, factor = text.partition(":")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = math.nan
+    if kind not in ("linear", "yarn") or not math.isfinite(value) or value < 1:
+        raise ValueError(f"rope scaling must be linear:F or yarn:F with a factor F >= 1, "
+                         f"got {text!r}")
+    original = trained_length if kind == "yarn" else None
+    return RopeScaling(type=kind, factor=value,  # type: ignore[arg-type]
+                       original_max_position_embeddings=original)
 
 
 def rope_frequencies(head_size: int, theta: float = 10000.0,
@@ -136,8 +157,21 @@ def rope_cache(head_size: int, max_len: int, theta: float = 10000.0,
     tensor([[0.0000, 0.0000],
             [0.8415, 0.0998]])
     """
-    inv_freq = rope_frequencies(head_size, theta, scaling)
-    angles = torch.arange(max_len, dtype=torch.int64).float()[:, None] * inv_freq  # (S, hs/2)
+    return rope_at(torch.arange(max_len, dtype=torch.int64), head_size, theta, scaling)
+
+
+def rope_at(positions: Tensor, head_size: int, theta: float = 10000.0,
+            scaling: RopeScaling | None = None) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` (..., hs/2), float32, at any integer ``positions`` (...): the rows of
+    :func:`rope_cache` without a table, bit for bit, so a position past every table (a sliding
+    KV cache's) costs nothing to precompute.
+
+    >>> cos, sin = rope_at(torch.tensor([[1]]), head_size=4, theta=100.0)
+    >>> sin
+    tensor([[[0.8415, 0.0998]]])
+    """
+    inv_freq = rope_frequencies(head_size, theta, scaling).to(positions.device)
+    angles = positions.to(torch.int64).float()[..., None] * inv_freq  # (..., hs/2)
     if scaling is None or scaling.type != "yarn":
         return angles.cos(), angles.sin()
     factor = attention_factor(scaling)

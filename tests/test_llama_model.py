@@ -278,3 +278,121 @@ def test_forward_checks_its_inputs_as_gpt_does() -> None:
         model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="cache and input_pos go together"):
         model(torch.zeros(1, 4, dtype=torch.long), cache=model.new_cache(1))
+
+
+# ---------------------------------------------------------------- sliding window (Mistral)
+
+W = 5  # the sliding window: each query sees itself and the 4 tokens before it
+
+
+def hf_mistral(n_kv: int = 2, seed: int = 0, max_positions: int = S) -> Any:
+    """A MistralForCausalLM (Llama with a sliding-window mask), every weight random."""
+    torch.manual_seed(seed)
+    config = transformers.MistralConfig(
+        vocab_size=V, hidden_size=C, intermediate_size=48, num_hidden_layers=L,
+        num_attention_heads=NH, num_key_value_heads=n_kv, max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5, sliding_window=W,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        attn_implementation="eager",
+    )
+    return randomize(transformers.MistralForCausalLM(config))
+
+
+@pytest.mark.parametrize("n_kv", [NH, 2])
+def test_sliding_window_logits_loss_and_gradients_match_hf_mistral(n_kv: int) -> None:
+    """T = 30 > W = 5: the window masks; Hugging Face's convention (key j seen by query i when
+    i - W < j <= i) is ours."""
+    hf = hf_mistral(n_kv)
+    ours = Llama.from_hf(hf).eval()
+    assert ours.config.sliding_window == W and ours.config.n_kv_head == n_kv
+    idx = batch(T=30)
+    targets = torch.cat([idx[:, 1:], torch.full_like(idx[:, :1], -1)], dim=1)
+    out = hf(input_ids=idx, labels=idx)
+    logits, loss = ours(idx, targets)
+    assert_close(logits, out.logits, "sliding-window logits")
+    assert loss is not None
+    assert_close(loss, out.loss, "sliding-window loss")
+    full = Llama(ours.config.model_copy(update={"sliding_window": None})).eval()
+    full.load_state_dict(ours.state_dict())  # the same weights without the window: differs
+    assert not torch.allclose(full(idx)[0][:, W:], logits[:, W:], atol=1e-3)
+    assert_close(full(idx)[0][:, :W], logits[:, :W], "the first W tokens, window or not")
+    loss.backward()
+    out.loss.backward()
+    ours_grads = to_hf_state_dict({n: p.grad for n, p in ours.named_parameters()
+                                   if p.grad is not None}, ours.config)
+    for name, p in hf.named_parameters():
+        want = p.grad
+        torch.testing.assert_close(ours_grads[name], want, atol=TOL * float(want.abs().max()),
+                                   rtol=0, msg=lambda m, name=name: f"grad of {name}:\n{m}")
+
+
+def test_sliding_window_exports_and_saves_as_mistral(tmp_path: Path) -> None:
+    hf = hf_mistral()
+    ours = Llama.from_hf(hf).eval()
+    hf_dict = {"model_type": "mistral", **llama_config_to_hf(ours.config)}
+    assert llama_config_from_hf(hf_dict) == ours.config
+    back = ours.to_hf().eval()
+    assert isinstance(back, transformers.MistralForCausalLM)
+    idx = batch(T=20)
+    assert_close(back(input_ids=idx).logits, ours(idx)[0], "exported to Mistral")
+    save_hf_llama(ours, tmp_path / "mistral")
+    loaded = transformers.MistralForCausalLM.from_pretrained(tmp_path / "mistral").eval()
+    assert loaded.config.sliding_window == W
+    assert_close(loaded(input_ids=idx).logits, hf(input_ids=idx).logits, "mistral saved")
+    assert_close(load_hf_llama(tmp_path / "mistral")(idx)[0], ours(idx)[0], "mistral loaded")
+    with pytest.raises(ValueError, match="sliding_window"):  # Llama's layout has no window
+        llama_config_from_hf({**llama_config_to_hf(ours.config), "model_type": "llama"})
+    biased = ours.config.model_copy(update={"attention_bias": True})
+    with pytest.raises(ValueError, match="sliding_window=5 with qk_norm or attention_bias"):
+        biased.check_hf_expressible()
+
+
+def test_mixtral_with_a_sliding_window_matches_hf() -> None:
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        vocab_size=V, hidden_size=C, intermediate_size=24, num_hidden_layers=L,
+        num_attention_heads=NH, num_key_value_heads=2, max_position_embeddings=S,
+        rms_norm_eps=1e-5, num_local_experts=4, num_experts_per_tok=2, sliding_window=W,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        attn_implementation="eager",
+    )
+    hf = randomize(transformers.MixtralForCausalLM(config))
+    ours = Llama.from_hf(hf).eval()
+    assert ours.config.sliding_window == W and ours.config.n_experts == 4
+    idx = batch(T=20)
+    assert_close(ours(idx)[0], hf(input_ids=idx).logits, "mixtral with a sliding window")
+
+
+@pytest.mark.parametrize("ring", [False, True])
+def test_sliding_window_cache_decode_equals_hf_mistral(ring: bool) -> None:
+    """Prefill 7 tokens, then one at a time: the plain cache (a window mask over S slots) and
+    the ring of W slots, which goes on past block_size (16 here, 40 positions), both equal
+    Mistral's full forward. The ring's rotary angles come from the positions, not the tables."""
+    hf = hf_mistral(max_positions=64)
+    ours = Llama.from_hf(hf).eval()
+    block = 16 if ring else 64
+    ours = Llama(ours.config.model_copy(update={"block_size": block})).eval()
+    ours.load_state_dict(Llama.from_hf(hf).state_dict())
+    idx = batch(T=40)
+    cache = ours.new_cache(2, ring=ring)
+    assert cache.max_len == (W if ring else 64)
+    pos = torch.arange(40).expand(2, 40)
+    steps = [ours(idx[:, :7], cache=cache, input_pos=pos[:, :7])[0]]
+    steps += [ours(idx[:, t:t + 1], cache=cache, input_pos=pos[:, t:t + 1])[0]
+              for t in range(7, 40)]
+    assert_close(torch.cat(steps, dim=1), hf(input_ids=idx).logits, "cached decode vs HF")
+
+
+def test_a_ring_cache_takes_a_prompt_longer_than_itself() -> None:
+    """A 23-token prefill into 5 slots, then decoding: the block attends to its own keys
+    before its last 5 are written."""
+    hf = hf_mistral()
+    ours = Llama.from_hf(hf).eval()
+    idx = batch(T=30)
+    cache = ours.new_cache(2, ring=True)
+    pos = torch.arange(30).expand(2, 30)
+    steps = [ours(idx[:, :23], cache=cache, input_pos=pos[:, :23])[0]]
+    steps += [ours(idx[:, t:t + 1], cache=cache, input_pos=pos[:, t:t + 1])[0]
+              for t in range(23, 30)]
+    assert_close(torch.cat(steps, dim=1), hf(input_ids=idx).logits, "long prefill into a ring")
+    assert cache.pos is not None and sorted(cache.pos[0].tolist()) == list(range(25, 30))

@@ -42,7 +42,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from ..atomic import atomic_open, atomic_write_text
 from ..checkpoint import TRAINER_NAME, find_checkpoint, read_json
-from ..inference import Loaded, load
+from ..inference import Loaded, load, with_context
 from .analysis import Category, Sample, draw_samples, error_analysis
 from .calibration import Calibration, next_token_calibration
 from .perplexity import Perplexity, perplexity, token_nlls
@@ -63,7 +63,9 @@ class Options:
     temperatures: tuple[float, ...] = (0.5, 0.8, 1.0)
     seeds: tuple[int, ...] = (0, 1)
     max_new_tokens: int = 200
-    context: int | None = None  # default: block_size
+    context: int | None = None  # default: block_size; past it for a Llama-style model
+    rope_scaling: str | None = None  # "linear:F" or "yarn:F" (Llama-style models only)
+    sliding_window: int | None = None  # a window W imposed at evaluation (Llama-style only)
     stride: int | None = None  # default: the context (disjoint windows)
     max_chars: int = 100_000  # the evaluation text is cut to its first max_chars characters
     bins: int = 15
@@ -83,6 +85,8 @@ class Evaluated:
     samples: list[Sample]
     categories: list[Category]
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    trained: int | None = None  # the training length, when the context goes past it
+    within_past: tuple[float, float] | None = None  # perplexity within / past ``trained``
 
 
 # ---------------------------------------------------------------- where things are
@@ -150,8 +154,9 @@ def evaluation_text(text_file: str | os.PathLike[str] | None, run_dir: Path | No
 
 
 def measure(label: str, loaded: Loaded, run_dir: Path | None, text: str, prompts: Sequence[str],
-            charset: set[str] | None, options: Options) -> Evaluated:
-    """Every figure of the report for one model, on ``text``."""
+            charset: set[str] | None, options: Options, trained: int | None = None) -> Evaluated:
+    """Every figure of the report for one model, on ``text``; ``trained``: the length the
+    model was trained with, when its context now goes past it."""
     from ..trainer.monitor import METRICS_NAME, read_metrics
 
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -165,6 +170,10 @@ def measure(label: str, loaded: Loaded, run_dir: Path | None, text: str, prompts
     sums = torch.zeros(ppl.context, dtype=torch.float64).index_add_(0, position, nll)
     counts = torch.bincount(position, minlength=ppl.context).double()  # (context,)
     position_nll = (sums / counts).tolist()  # NaN where no token was scored
+    within_past = None
+    if trained is not None and trained < ppl.context:
+        within_past = (math.exp(float(sums[:trained].sum() / counts[:trained].sum())),
+                       math.exp(float(sums[trained:].sum() / counts[trained:].sum())))
     calib = next_token_calibration(model, ids, context=options.context, bins=options.bins)
     samples = draw_samples(model, tokenizer, prompts, options.temperatures, options.seeds,
                            max_new_tokens=options.max_new_tokens, settings=loaded.sample,
@@ -172,7 +181,8 @@ def measure(label: str, loaded: Loaded, run_dir: Path | None, text: str, prompts
     metrics_path = run_dir / METRICS_NAME if run_dir is not None else None
     metrics = read_metrics(metrics_path) if metrics_path and metrics_path.is_file() else []
     return Evaluated(label, loaded, run_dir, ppl, position_nll, calib, samples,
-                     error_analysis(samples), metrics)
+                     error_analysis(samples), metrics,
+                     trained if within_past is not None else None, within_past)
 
 
 # ---------------------------------------------------------------- plots
@@ -211,13 +221,17 @@ def plot_loss_curves(runs: Sequence[Evaluated], path: Path) -> Path | None:
 
 
 def plot_position(runs: Sequence[Evaluated], path: Path) -> Path:
-    """Perplexity of the tokens predicted at each position of the window (log scale)."""
+    """Perplexity of the tokens predicted at each position of the window (log scale), the
+    training length marked by a vertical line when the context goes past it."""
     fig = _figure()
     ax = fig.add_subplot()
     for r in runs:
         ppl = [math.exp(v) if math.isfinite(v) else math.nan for v in r.position_nll]
         ax.plot(range(1, len(ppl) + 1), ppl, ".-",
                 label=f"{r.label} (context {r.ppl.context}, stride {r.ppl.stride})")
+    for trained in sorted({r.trained for r in runs if r.trained is not None}):
+        ax.axvline(trained + 0.5, color="gray", ls="--", lw=1,
+                   label=f"training length ({trained} tokens)")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
@@ -363,6 +377,9 @@ def summary(runs: Sequence[Evaluated], source: str, text: str) -> dict[str, Any]
             "label": label, "checkpoint": checkpoint, "model": model,
             "parameters": int(params.replace(",", "")), "tokenizer": tokenizer,
             "perplexity": r.ppl.ppl, "context": r.ppl.context, "stride": r.ppl.stride,
+            "trained_length": r.trained,
+            "perplexity_within_training_length": r.within_past[0] if r.within_past else None,
+            "perplexity_past_training_length": r.within_past[1] if r.within_past else None,
             "tokens": r.ppl.tokens, "bits_per_byte": r.ppl.bits_per_byte,
             "word_perplexity": r.ppl.word_ppl, "ece": r.calibration.ece,
             "steps": last.get("step"), "val_loss": last.get("val_loss"),
@@ -422,6 +439,7 @@ def build_blocks(runs: Sequence[Evaluated], source: str, text: str,
         ("p", "Each scored token by how many tokens of context its window gave it; the "
               "first positions only occur at the start of a window."),
         ("img", "perplexity by position", POSITION_PNG),
+        *_past_training_blocks(runs),
         ("table", ["tokens of context", *labels], _position_rows(runs)),
         ("h2", "Calibration of next-token probabilities"),
         ("p", "Confidence: the top-1 probability; correct: the top-1 token is the next token. "
@@ -433,6 +451,26 @@ def build_blocks(runs: Sequence[Evaluated], source: str, text: str,
         *_sample_blocks(runs, max_new_tokens),
         *_error_blocks(runs),
     ]
+    return blocks
+
+
+def _past_training_blocks(runs: Sequence[Evaluated]) -> list[Block]:
+    """One line per run whose context goes past its training length (the dashed line)."""
+    blocks: list[Block] = []
+    for r in runs:
+        if r.trained is None or r.within_past is None:
+            continue
+        within, past = r.within_past
+        cfg = r.loaded.model.config
+        scaling = getattr(cfg, "rope_scaling", None)
+        how = (f"rotary scaling {scaling.type} x{scaling.factor:g}" if scaling is not None
+               else "plain rotary extrapolation")
+        if window := getattr(cfg, "sliding_window", None):
+            how += f", sliding window {window}"
+        blocks.append(("p", f"{r.label}: trained on {r.trained} tokens, evaluated with "
+                            f"{r.ppl.context} ({how}): perplexity {within:.3f} within the "
+                            f"training length (1-{r.trained} tokens of context), {past:.3f} "
+                            f"past it ({r.trained + 1}-{r.ppl.context}), x{past / within:.2f}."))
     return blocks
 
 
@@ -551,22 +589,28 @@ def evaluate(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None 
     train = _split_text(data_directory(run_dir, checkpoint), "train", MAX_CHARSET_TOKENS)
     charset = set(train) if train is not None else None
     first = load(checkpoint, device=options.device)
+    trained = with_context(first.model, options.context, options.rope_scaling,
+                           options.sliding_window)
     prompts = options.prompts or _default_prompts(first, eval_text)
-    runs = [measure(_label(path, []), first, run_dir, eval_text, prompts, charset, options)]
+    runs = [measure(_label(path, []), first, run_dir, eval_text, prompts, charset, options,
+                    trained)]
     if compare_int8 is not None:
         from ..quantization import quantize
 
         other = load(checkpoint, device=options.device)
+        with_context(other.model, options.context, options.rope_scaling, options.sliding_window)
         quantize(other.model, compare_int8)  # type: ignore[arg-type]
         runs.append(measure(f"{runs[0].label} int8 ({compare_int8})", other, run_dir,
-                            eval_text, prompts, charset, options))
+                            eval_text, prompts, charset, options, trained))
     elif compare is not None:
         cpath = Path(compare)
         ccheckpoint = find_checkpoint(cpath)
-        runs.append(measure(_label(cpath, [runs[0].label]), load(ccheckpoint,
-                                                                  device=options.device),
+        second = load(ccheckpoint, device=options.device)
+        ctrained = with_context(second.model, options.context, options.rope_scaling,
+                                options.sliding_window)
+        runs.append(measure(_label(cpath, [runs[0].label]), second,
                             run_directory(cpath, ccheckpoint), eval_text, prompts, charset,
-                            options))
+                            options, ctrained))
     out_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, Path | None] = {
         LOSS_PNG: plot_loss_curves(runs, out_dir / LOSS_PNG),
