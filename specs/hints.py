@@ -43,7 +43,7 @@ def likely(actual: Any, wrong: Wrong, *, atol: float = 1e-5, rtol: float = 1e-5)
     for cause, value in wrong.items():
         try:
             candidate = value() if callable(value) else value
-        except Exception:  # noqa: BLE001 - a bug's answer that cannot be formed matches nothing
+        except Exception:  # a bug's answer that cannot be formed matches nothing
             continue
         if (isinstance(candidate, Tensor) and candidate.shape == actual.shape
                 and torch.allclose(actual.detach().double().cpu(),

@@ -16,7 +16,7 @@ Contract:
 | SDPA and its weights: 0–3 batch dims, Tq != Tk, masks broadcast over any dims, combined with is_causal | `test_sdpa_matches_torch_sdpa`, `test_attention_weights_match_torch_sdpa_with_identity_values` | `F.scaled_dot_product_attention` (with v = I for the weights) |
 | gradients of q, k, v, with every mask/causal combination | `test_sdpa_gradients_match_torch_autograd` | `torch.autograd` through torch's SDPA |
 | rows that see no key: weights and output exactly 0, gradients finite and 0 | `test_fully_masked_rows_give_zero_output_and_finite_gradients` | the documented result; torch SDPA on the other rows |
-| is_causal is top-left aligned and never reads later keys | `test_sdpa_is_causal_later_keys_never_change_earlier_outputs`, `test_causal_self_attention_is_causal` | property: perturb the future |
+| is_causal is top-left aligned and never reads later keys | `test_sdpa_is_causal_later_keys_never_change_earlier_outputs`, `test_causal_self_attention_is_causal`, `test_attention_hand_worked_example` | property: perturb the future; hand-worked (Tq = 1 < Tk = 2) |
 | dtypes: float32, float64 (1e-5, 1e-10) and bfloat16 in, the same dtype out | `test_bfloat16_in_bfloat16_out_within_its_rounding`, `test_sdpa_matches_torch_sdpa` | float64 oracle within bfloat16's rounding |
 | every output on its inputs' device (meta, and CUDA when present) | `test_every_output_is_on_the_inputs_device_with_their_dtype` | the meta device |
 | bad inputs raise, naming the shapes | `test_attention_validates_its_inputs`, `test_split_heads_rejects_indivisible_channels` | the documented errors |
@@ -31,6 +31,7 @@ real mistake (a missing scale, a wrong axis) misses by 1e-2 or more. bfloat16: `
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
+from specs.hints import Wrong, likely
+
 COMPONENT = "attention"
 pytestmark = pytest.mark.attention
 
@@ -50,18 +53,24 @@ DTYPES = st.sampled_from([torch.float32, torch.float64])
 SIGMA_2 = math.exp(2) / (math.exp(2) + 1)  # softmax([2, 0])[0] = 0.8807970779778823
 
 
-def assert_close(actual: Tensor, expected: Tensor, what: str) -> None:
+def assert_close(actual: Tensor, expected: Tensor, what: str, wrong: Wrong | None = None,
+                 hint: str = "") -> None:
+    """Shape, dtype, then values within ``TOL``; a failure names the classic bug in ``wrong``
+    (cause -> what that bug would give, from torch ops) that ``actual`` matches, else ``hint``."""
     tol = TOL[expected.dtype]
     assert actual.shape == expected.shape, (
         f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     )
     assert actual.dtype == expected.dtype, (
-        f"{what}: dtype {actual.dtype}, expected {expected.dtype}"
+        f"{what}: likely cause: the dtype changed (a .float() upcast, or a tensor made in the "
+        f"default dtype): keep the inputs' dtype; got {actual.dtype}, expected {expected.dtype}"
     )
-    torch.testing.assert_close(
-        actual, expected, atol=tol, rtol=0, equal_nan=False,
-        msg=lambda m: f"{what} differs from the oracle beyond atol={tol}:\n{m}",
-    )
+    try:
+        torch.testing.assert_close(actual, expected, atol=tol, rtol=0, equal_nan=False)
+    except AssertionError as error:
+        cause = likely(actual, wrong or {}) or (f"likely cause: {hint}" if hint else "")
+        raise AssertionError(f"{what}: {cause + '; ' if cause else ''}differs from the oracle "
+                             f"beyond atol={tol}:\n{error}") from None
 
 
 def visible_keys(
@@ -205,13 +214,34 @@ def check_mha_against_torch(
     )
     with torch.no_grad():
         expected, _ = mha(query, key, value, need_weights=False, **torch_kwargs)
+
+    def torch_mha(qkv_order: tuple[int, int, int] = (0, 1, 2), value_input: Tensor = value,
+                  out_bias: bool = True) -> Tensor:
+        """nn.MultiheadAttention with one classic bug: chunks reordered, another value input,
+        no output bias."""
+        bug = copy.deepcopy(mha)
+        with torch.no_grad():
+            for p in (bug.in_proj_weight, bug.in_proj_bias):
+                p.copy_(torch.cat([p.chunk(3)[i] for i in qkv_order]))
+            if not out_bias:
+                bug.out_proj.bias.zero_()
+            out: Tensor = bug(query, key, value_input, need_weights=False, **torch_kwargs)[0]
+        return out
+
     what = (f"multi_head_attention(B={b}, Tq={t_q}, Tk={t_k}, nh={n_head}, hs={hs}, "
             f"self={self_attention}, mask={mask_kind}, is_causal={is_causal}, {dtype})")
     rows = torch.ones(b, n_head, t_q, t_k, dtype=torch.bool) & causal  # which queries see a key
     if mask is not None:
         rows = rows & mask
     live = rows.any(-1)[:, 0]  # (B, Tq); a mask shared by the heads, or every head sees a key
-    assert_close(actual[live], expected[live], what)
+    wrong = {  # what the classic bugs give here, from torch's module
+        "the output projection's bias is missing": lambda: torch_mha(out_bias=False)[live],
+        "the q and k chunks of in_proj_weight are swapped: its rows are q, then k, then v":
+            lambda: torch_mha((1, 0, 2))[live],
+        "the values are projected from the key input instead of the value input":
+            lambda: torch_mha(value_input=key)[live],
+    }
+    assert_close(actual[live], expected[live], what, wrong=wrong)
     # A query that sees no key attends to nothing: its output is the output projection's bias.
     bias = mha.out_proj.bias.detach().expand(int((~live).sum()), e)
     assert_close(actual[~live], bias, f"{what}, fully masked queries")
@@ -240,9 +270,27 @@ def check_causal_self_attention_against_torch(
     c = n_head * hs
     x = torch.randn(b, t, c, generator=g, dtype=dtype)
     weights = gpt2_weights(c, dtype, g)
+    c_attn_w, c_attn_b, c_proj_w, c_proj_b = weights
+
+    def heads_split_before_qkv() -> Tensor:
+        qkv = F.linear(x, c_attn_w, c_attn_b).view(b, t, n_head, 3 * hs).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)  # each head's slice cut in three: wrong
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.linear(y.transpose(1, 2).flatten(-2), c_proj_w, c_proj_b)
+
+    def not_causal() -> Tensor:
+        q, k, v = (p.view(b, t, n_head, hs).transpose(1, 2)
+                   for p in F.linear(x, c_attn_w, c_attn_b).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
+        return F.linear(y, c_proj_w, c_proj_b)
+
     assert_close(impl.causal_self_attention(x, *weights, n_head),
                  torch_causal_self_attention(x, weights, n_head),
-                 f"causal_self_attention(B={b}, T={t}, nh={n_head}, hs={hs}, {dtype})")
+                 f"causal_self_attention(B={b}, T={t}, nh={n_head}, hs={hs}, {dtype})",
+                 wrong={"not causal: GPT-2's self-attention passes is_causal=True": not_causal,
+                        "heads split before q, k, v: chunk the (B, T, 3C) projection into q, k, "
+                        "v (C channels each) first, then split each into heads":
+                            heads_split_before_qkv})
 
 
 # --- exact: hand-worked numbers and fixed cases ----------------------------------------------
@@ -254,7 +302,10 @@ def test_softmax_large_logits_do_not_overflow(impl: Any) -> None:
     """exp(1e4) overflows float32: a stable softmax subtracts the max first."""
     x = torch.tensor([[1e4, 1e4 - 1, 1e4 - 2], [-1e4, -1e4 + 1, -1e4 + 2]], dtype=torch.float32)
     out = impl.softmax(x)
-    assert torch.isfinite(out).all(), f"softmax overflowed at logits ±1e4 (subtract the max): {out}"
+    assert torch.isfinite(out).all(), (
+        f"likely cause: exp overflowed: subtract the max of the slice before exp (softmax does "
+        f"not change); softmax at logits ±1e4 gave {out}"
+    )
     z = 1 + math.exp(-1) + math.exp(-2)  # by hand: softmax([0, -1, -2])
     by_hand = torch.tensor([[1 / z, math.exp(-1) / z, math.exp(-2) / z],
                             [math.exp(-2) / z, math.exp(-1) / z, 1 / z]])
@@ -267,7 +318,10 @@ def test_softmax_of_all_minus_inf_is_zeros(impl: Any) -> None:
     inf = math.inf
     x = torch.tensor([[-inf, -inf, -inf], [0.0, -inf, 0.0]])
     out = impl.softmax(x)
-    assert not out.isnan().any(), f"softmax of an all -inf row must be zeros, got NaN: {out}"
+    assert not out.isnan().any(), (
+        f"likely cause: an all -inf row gives exp(-inf - (-inf)) = NaN or 0/0: give such a row "
+        f"zeros (subtract 0 where the max is -inf, never divide by a zero sum); got {out}"
+    )
     want = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
     assert torch.equal(out, want), f"softmax(x) = {out}, want {want}"
     out = impl.softmax(x, dim=0)  # columns: [-inf, 0] -> [0, 1]; [-inf, -inf] -> [0, 0]
@@ -281,6 +335,7 @@ def test_attention_hand_worked_example(impl: Any) -> None:
     Without a mask both queries weigh the keys softmax([2, 0]) = [σ, 1-σ], σ = e²/(e²+1)
     = 0.880797...; causal, query 0 sees key 0 only: [1, 0]. With v = [[1, 0], [0, 1]] the
     output equals the weights. (No scale: softmax([4, 0]) = [0.982, 0.018]; 1/d: [0.731, 0.269].)
+    One query and both keys, causal: [1, 0] (top-left aligned; bottom-right would give [σ, 1-σ]).
     """
     f64 = torch.float64
     q = torch.ones(2, 4, dtype=f64)
@@ -288,15 +343,40 @@ def test_attention_hand_worked_example(impl: Any) -> None:
     v = torch.eye(2, dtype=f64)
     full = torch.tensor([[SIGMA_2, 1 - SIGMA_2], [SIGMA_2, 1 - SIGMA_2]], dtype=f64)
     causal = torch.tensor([[1.0, 0.0], [SIGMA_2, 1 - SIGMA_2]], dtype=f64)
-    assert_close(impl.attention_weights(q, k), full, "weights of the hand-worked example")
+
+    def both_rows(logits: list[float]) -> Tensor:  # the weights from these logits, both queries
+        return torch.softmax(torch.tensor([logits, logits], dtype=f64), -1)
+
+    wrong_scale = {  # what the classic bugs give here
+        "no 1/sqrt(d) scale: the logits are q·k / sqrt(d)": both_rows([4.0, 0.0]),
+        "scaled by 1/d instead of 1/sqrt(d)": both_rows([1.0, 0.0]),
+        "softmax over the queries (dim=-2) instead of over the keys (dim=-1)": both_rows([0, 0]),
+    }
+    assert_close(impl.attention_weights(q, k), full, "weights of the hand-worked example",
+                 wrong=wrong_scale)
+    wrong_causal = {
+        "the causal mask is not applied when is_causal=True": full,
+        "the causal mask hides the diagonal: query i sees keys j <= i (tril(), diagonal kept)":
+            torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=f64),
+    }
     assert_close(impl.attention_weights(q, k, is_causal=True), causal,
-                 "causal weights of the hand-worked example")
+                 "causal weights of the hand-worked example", wrong=wrong_causal)
     assert_close(impl.scaled_dot_product_attention(q, k, v, is_causal=True), causal,
-                 "causal output of the hand-worked example (v = I)")
+                 "causal output of the hand-worked example (v = I)", wrong=wrong_causal)
+    # One query, two keys: top-left aligned (as torch's is_causal), query 0 sees key 0 only.
+    assert_close(impl.attention_weights(q[:1], k, is_causal=True),
+                 torch.tensor([[1.0, 0.0]], dtype=f64),
+                 "causal weights of the hand-worked example with Tq=1 < Tk=2",
+                 wrong={"is_causal aligned bottom-right (tril(Tk - Tq)): it is top-left aligned, "
+                        "query i sees keys j <= i counted from the first key, as torch's":
+                        full[:1]})
     only_key_1 = torch.tensor([[False, True], [False, True]])
     assert_close(impl.scaled_dot_product_attention(q, k, v, mask=only_key_1),
                  torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=f64),
-                 "hand-worked example with mask True = may attend (only key 1)")
+                 "hand-worked example with mask True = may attend (only key 1)",
+                 wrong={"the mask is inverted: True means MAY attend (torch's SDPA convention), "
+                        "so hide the keys where the mask is False (~mask)":
+                        torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=f64)})
 
 
 def test_attention_large_logits_do_not_overflow(impl: Any) -> None:
@@ -329,15 +409,36 @@ def test_fully_masked_rows_give_zero_output_and_finite_gradients(
     dead = torch.tensor([is_causal, True, False, False])  # rows with no visible key
     out = impl.scaled_dot_product_attention(q, k, v, mask, is_causal)
     weights = impl.attention_weights(q, k, mask, is_causal)
-    assert not out.isnan().any(), f"fully masked rows must give 0, not NaN: {out}"
-    assert torch.equal(out[:, dead], torch.zeros_like(out[:, dead])), \
+    assert not out.isnan().any(), (
+        f"likely cause: a row that sees no key gives 0/0 = NaN in softmax: give it zeros; "
+        f"fully masked rows must give 0, got {out}"
+    )
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    wrong: dict[str, Any] = {  # what the classic bugs give here
+        "hidden logits filled with a finite number (-1e9) instead of -inf: a row that sees no key "
+        "becomes a uniform average instead of 0": lambda: torch_sdpa(qd, kd, vd, mask, is_causal)
+        .masked_fill(dead[:, None], 0.0) + dead[:, None] * vd.mean(-2, keepdim=True),
+    }
+    if is_causal:
+        wrong["the mask is ignored when is_causal=True: a key must pass both the mask and the "
+              "causal rule"] = lambda: torch_sdpa(qd, kd, vd, None, True)
+        wrong["mask | causal instead of mask & causal: a key must pass both"] = (
+            lambda: torch_sdpa(qd, kd, vd, mask | causal, False))
+    assert torch.equal(out[:, dead], torch.zeros_like(out[:, dead])), (
+        f"{likely(out, wrong) or 'likely cause: a row that sees no key must give exactly 0'}; "
         f"rows with no visible key must be exactly 0 (the documented result), got {out[:, dead]}"
+    )
     assert torch.equal(weights[:, dead], torch.zeros_like(weights[:, dead])), weights[:, dead]
     expected = torch_sdpa(q.detach(), k.detach(), v.detach(), mask, is_causal)
     assert_close(out.detach()[:, ~dead], expected[:, ~dead], "rows with a visible key")
     out.backward(torch.randn(out.shape, generator=g, dtype=out.dtype))
     for name, t in (("q", q), ("k", k), ("v", v)):
-        assert t.grad is not None and torch.isfinite(t.grad).all(), \
+        assert t.grad is not None, (
+            f"likely cause: no gradient reaches {name}: something is detached (.detach(), .data, "
+            f"torch.no_grad, a NumPy round trip) between {name} and the output"
+        )
+        assert torch.isfinite(t.grad).all(), \
             f"gradient of {name} is not finite with fully masked rows: {t.grad}"
     assert q.grad is not None and torch.equal(q.grad[:, dead], torch.zeros_like(q.grad[:, dead]))
 
@@ -403,7 +504,8 @@ def test_every_output_is_on_the_inputs_device_with_their_dtype(impl: Any, device
         except NotImplementedError:  # a stub (a RuntimeError too): not a device problem
             raise
         except RuntimeError as e:  # e.g. "Tensor on device meta is not on the expected device"
-            pytest.fail(f"{name} on {device} inputs: {e} (a tensor made without device=?)")
+            pytest.fail(f"likely cause: a tensor made without device= (a causal mask, a "
+                        f"constant) lands on the CPU: {name} on {device} inputs: {e}")
         assert out.device.type == device, f"{name}: output on {out.device}, inputs on {device}"
         assert out.dtype == f64, f"{name}: output {out.dtype} from float64 inputs"
         assert tuple(out.shape) == shape, f"{name}: shape {tuple(out.shape)}, want {shape}"
@@ -418,9 +520,23 @@ def test_split_and_merge_heads_hand_made_layout(impl: Any) -> None:
     assert split.shape == (1, 2, 2, 2), (
         f"split_heads shape {tuple(split.shape)}, want (B, nh, T, hs) = (1, 2, 2, 2)"
     )
-    assert torch.equal(split, heads), f"split_heads layout is wrong: got {split}, want {heads}"
+    wrong_split = {
+        "a plain reshape to (B, nh, T, hs) mixes positions into heads: view as (B, T, nh, hs), "
+        "then transpose(1, 2)": x.reshape(1, 2, 2, 2),
+        "heads interleaved: head h holds the contiguous channels h*hs:(h+1)*hs, so view as "
+        "(B, T, nh, hs), not (B, T, hs, nh)": x.reshape(1, 2, 2, 2).permute(0, 3, 1, 2),
+    }
+    assert torch.equal(split, heads), (
+        f"{likely(split, wrong_split) or 'likely cause: the layout (B, nh, T, hs) is wrong'}; "
+        f"split_heads layout is wrong: got {split}, want {heads}"
+    )
     merged = impl.merge_heads(heads)
-    assert torch.equal(merged, x), f"merge_heads layout is wrong: got {merged}, want {x}"
+    wrong_merge = {"a plain reshape without the transpose back: transpose(1, 2) to "
+                   "(B, T, nh, hs) first, then reshape to (B, T, C)": heads.reshape(1, 2, 4)}
+    assert torch.equal(merged, x), (
+        f"{likely(merged, wrong_merge) or 'likely cause: the layout (B, T, C) is wrong'}; "
+        f"merge_heads layout is wrong: got {merged}, want {x}"
+    )
 
 
 def test_split_heads_rejects_indivisible_channels(impl: Any) -> None:

@@ -33,16 +33,19 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from specs.hints import likely
 
 COMPONENT = "backprop"
 IN_LIBRARY = False  # the library trains with torch's autograd: no NumPy engine in reference/
@@ -110,15 +113,55 @@ def assert_gradient_matches_fd(name: str, analytic: Any, f: Callable[[], float],
 
 
 def assert_matches_torch(name: str, ours: Any, theirs: torch.Tensor | None,
-                         shape: tuple[int, ...] | None = None) -> None:
-    """``ours`` equals PyTorch's ``theirs`` (a missing torch gradient counts as zeros)."""
+                         shape: tuple[int, ...] | None = None,
+                         wrong: Mapping[str, Any] | None = None) -> None:
+    """``ours`` equals PyTorch's ``theirs`` (a missing torch gradient counts as zeros); a
+    failure names the classic bug of ``wrong`` (cause -> that bug's answer) ``ours`` matches."""
     ours = np.asarray(ours, dtype=np.float64)
     expected = (np.zeros(shape) if theirs is None else theirs.detach().numpy())
     assert ours.shape == expected.shape, (
         f"{name} has shape {ours.shape}, PyTorch's has {expected.shape} (transposed?)"
     )
-    np.testing.assert_allclose(ours, expected, rtol=TORCH_RTOL, atol=TORCH_ATOL,
-                               err_msg=f"{name} differs from PyTorch's")
+    with hinted(ours, wrong or {}):
+        np.testing.assert_allclose(ours, expected, rtol=TORCH_RTOL, atol=TORCH_ATOL,
+                                   err_msg=f"{name} differs from PyTorch's")
+
+
+def likely_np(actual: Any, wrong: Mapping[str, Any], hint: str = "") -> str:
+    """``"likely cause: ..."``: the classic bug in ``wrong`` (cause -> what that bug gives,
+    worked out here, never by the code under test) whose answer ``actual`` matches, else
+    ``hint``. NumPy arrays, numbers and tuples of numbers compare as float64 tensors."""
+
+    def as_tensor(value: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(value() if callable(value) else value,
+                                          dtype=np.float64))
+
+    def lazily(value: Any) -> Callable[[], torch.Tensor]:
+        return lambda: as_tensor(value)
+
+    try:
+        found = likely(as_tensor(actual), {cause: lazily(v) for cause, v in wrong.items()},
+                       atol=1e-12, rtol=1e-9)
+    except (TypeError, ValueError):  # not numbers: no bug's answer to match
+        found = ""
+    return found or (f"likely cause: {hint}" if hint else "")
+
+
+def then(cause: str) -> str:
+    """``cause`` as the start of a message: followed by "; " when there is one."""
+    return f"{cause}; " if cause else ""
+
+
+@contextmanager
+def hinted(actual: Any, wrong: Mapping[str, Any], hint: str = "") -> Iterator[None]:
+    """An AssertionError inside gets the likely cause (see ``likely_np``) put in front."""
+    try:
+        yield
+    except AssertionError as error:
+        cause = likely_np(actual, wrong, hint)
+        if not cause:
+            raise
+        raise AssertionError(f"{cause}\n{error}") from None
 
 
 def t64(a: Any, grad: bool = False) -> torch.Tensor:
@@ -205,21 +248,32 @@ def test_linear_hand_worked_example(impl: Any) -> None:
     b = np.array([0.5, -0.5, 0.0])
     dy = np.array([[1.0, 2.0, 3.0], [0.0, 1.0, -1.0]])
     y, cache = impl.linear_forward(x, W, b)
-    dx, dW, db = impl.linear_backward(dy, cache)
-    np.testing.assert_array_equal(y, [[1.5, 1.5, 3.0], [3.5, -1.5, 2.0]], err_msg="y = x W^T + b")
+    try:
+        dx, dW, db = impl.linear_backward(dy, cache)
+    except ValueError as error:  # NumPy's shape mismatch in a matrix product
+        pytest.fail(f"likely cause: a transposed matrix in linear_backward: dx = dy W is "
+                    f"(N, out) @ (out, in), dW = dy^T x is (out, N) @ (N, in); {error}")
+    with hinted(y, {"the bias b is not added": x @ W.T}):
+        np.testing.assert_array_equal(y, [[1.5, 1.5, 3.0], [3.5, -1.5, 2.0]],
+                                      err_msg="y = x W^T + b")
     np.testing.assert_array_equal(dx, [[4.0, 5.0], [-1.0, 0.0]], err_msg="dx = dy W")
-    np.testing.assert_array_equal(dW, [[1.0, 2.0], [5.0, 3.0], [0.0, 7.0]],
-                                  err_msg="dW = dy^T x, shape (out, in) like W")
-    np.testing.assert_array_equal(db, [1.0, 3.0, 2.0],
-                                  err_msg="db = dy summed over the batch (not averaged)")
+    with hinted(dW, {"dW transposed: dW = dy^T x has W's shape (out, in)": x.T @ dy,
+                     "dW divided by the batch size: it is summed over the batch, not averaged":
+                         dy.T @ x / len(x)}):
+        np.testing.assert_array_equal(dW, [[1.0, 2.0], [5.0, 3.0], [0.0, 7.0]],
+                                      err_msg="dW = dy^T x, shape (out, in) like W")
+    with hinted(db, {"db is not computed (zeros): db = dy summed over the batch": np.zeros(3),
+                     "db averaged over the batch instead of summed": dy.mean(axis=0)}):
+        np.testing.assert_array_equal(db, [1.0, 3.0, 2.0],
+                                      err_msg="db = dy summed over the batch (not averaged)")
 
 
 # (x, forward(x), dy, backward) worked by hand. GELU's digits are the tanh formula's with
 # c = sqrt(2/pi), k = 0.044715, to 15 significant digits (the exact-erf GELU is 0.841344746068543
 # at 1, so it fails here).
 HAND_WORKED_ACTIVATIONS = {
-    "relu": ([-2.0, 0.0, 0.5, 3.0], [0.0, 0.0, 0.5, 3.0], [5.0, 5.0, 5.0, 5.0],
-             [0.0, 0.0, 5.0, 5.0]),
+    "relu": ([-2.0, 0.0, 0.5, 3.0], [0.0, 0.0, 0.5, 3.0], [5.0, 5.0, -5.0, 5.0],
+             [0.0, 0.0, -5.0, 5.0]),
     "gelu": ([0.0, 1.0, -1.0], [0.0, 0.841191990608277, -0.158808009391723],
              [2.0, 1.0, 1.0], [1.0, 1.08296408384578, -0.0829640838457826]),
     "tanh": ([0.0, math.atanh(0.5), -math.atanh(0.5)], [0.0, 0.5, -0.5],
@@ -227,15 +281,45 @@ HAND_WORKED_ACTIVATIONS = {
 }
 
 
+GELU_C, GELU_K = math.sqrt(2.0 / math.pi), 0.044715  # GPT-2's tanh approximation
+
+
+def activation_bugs(name: str, x: np.ndarray, dy: np.ndarray) -> tuple[dict[str, Any], ...]:
+    """What the classic bugs of each activation give at ``x`` (forward, then backward)."""
+    y = np.array(HAND_WORKED_ACTIVATIONS[name][1])
+    if name == "relu":
+        return {}, {"relu's backward does not gate: dx = dy where x > 0, else 0": dy,
+                    "relu's backward gated on dy instead of on x (its cache)": dy * (dy > 0),
+                    "relu's slope at x = 0 taken as 1: PyTorch's is 0 (x > 0, not x >= 0)":
+                        dy * (x >= 0),
+                    "the chain-rule factor dy is missing": (x > 0) * 1.0}
+    if name == "gelu":
+        t = np.tanh(GELU_C * (x + GELU_K * x**3))
+        du = GELU_C * (1.0 + 3.0 * GELU_K * x**2)
+        return ({"the exact erf GELU instead of GPT-2's tanh approximation":
+                     F.gelu(t64(x)).numpy()},
+                {"the inner derivative is missing: d tanh(u)/dx = (1 - tanh(u)^2) u', "
+                 "u' = c (1 + 3k x^2)": dy * (0.5 * (1 + t) + 0.5 * x * (1 - t**2) * GELU_C),
+                 "the product rule's second term is missing: d/dx [0.5 x (1 + tanh u)] = "
+                 "0.5 (1 + tanh u) + 0.5 x (1 - tanh(u)^2) u'": dy * 0.5 * (1 + t),
+                 "the chain-rule factor dy is missing": 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * du})
+    return {}, {"tanh's backward applies tanh to its cache again: the cache is y = tanh(x), so "
+                "dx = dy (1 - y^2)": dy * (1 - np.tanh(y) ** 2),
+                "the chain-rule factor dy is missing: dx = dy (1 - y^2)": 1 - y**2}
+
+
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation_hand_worked_example(impl: Any, name: str) -> None:
     x, y_expected, dy, dx_expected = (np.array(v) for v in HAND_WORKED_ACTIVATIONS[name])
     y, cache = getattr(impl, f"{name}_forward")(x)
     dx = getattr(impl, f"{name}_backward")(dy, cache)
-    np.testing.assert_allclose(y, y_expected, rtol=1e-13, atol=1e-15,
-                               err_msg=f"{name} forward at {x}")
-    np.testing.assert_allclose(dx, dx_expected, rtol=1e-13, atol=1e-15,
-                               err_msg=f"{name} backward at {x} with dy={dy}")
+    wrong_forward, wrong_backward = activation_bugs(name, x, dy)
+    with hinted(y, wrong_forward):
+        np.testing.assert_allclose(y, y_expected, rtol=1e-13, atol=1e-15,
+                                   err_msg=f"{name} forward at {x}")
+    with hinted(dx, wrong_backward):
+        np.testing.assert_allclose(dx, dx_expected, rtol=1e-13, atol=1e-15,
+                                   err_msg=f"{name} backward at {x} with dy={dy}")
 
 
 def test_backward_passes_read_the_documented_caches(impl: Any) -> None:
@@ -246,8 +330,11 @@ def test_backward_passes_read_the_documented_caches(impl: Any) -> None:
     for name, cache in (("relu", x), ("gelu", x), ("tanh", np.tanh(x))):
         xt = t64(x, grad=True)
         TORCH_ACTIVATIONS[name](xt).backward(t64(dy))
+        wrong = {"tanh_backward reads its cache as x: the documented cache is tanh's output y "
+                 "(what tanh_forward returns), so dx = dy (1 - y^2)": dy * (1 - np.tanh(cache) ** 2)
+                 } if name == "tanh" else {}
         assert_matches_torch(f"{name}_backward(dy, cache={'y' if name == 'tanh' else 'x'})",
-                             getattr(impl, f"{name}_backward")(dy, cache), xt.grad)
+                             getattr(impl, f"{name}_backward")(dy, cache), xt.grad, wrong=wrong)
     x2, W = np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([[2.0, 1.0], [-1.0, 0.5], [0.0, 4.0]])
     dy2 = np.array([[1.0, 0.0, -1.0], [2.0, 1.0, 0.5]])
     xt, Wt = t64(x2, grad=True), t64(W, grad=True)
@@ -264,11 +351,19 @@ def test_softmax_cross_entropy_hand_worked_example(impl: Any) -> None:
     logits = np.array([[0.0, 0.0], [math.log(3.0), 0.0]])
     loss, dlogits = impl.softmax_cross_entropy(logits, np.array([0, 1]))
     assert isinstance(loss, float), f"loss must be a Python float, got {type(loss)}"
-    assert loss == pytest.approx((math.log(2.0) + math.log(4.0)) / 2, rel=1e-14), (
-        "loss is the MEAN over rows of -log p[target]"
+    mean = (math.log(2.0) + math.log(4.0)) / 2
+    summed = {"the loss is summed over the rows instead of averaged": 2 * mean}
+    assert loss == pytest.approx(mean, rel=1e-14), (
+        f"{then(likely_np(loss, summed))}loss is the MEAN over rows of -log p[target]"
     )
-    np.testing.assert_allclose(dlogits, [[-0.25, 0.25], [0.375, -0.375]], rtol=1e-14, atol=1e-16,
-                               err_msg="dlogits = (softmax - onehot(target of each row)) / N")
+    probs = np.array([[0.5, 0.5], [0.75, 0.25]])
+    with hinted(dlogits, {"dlogits not divided by N (the loss is a mean over the N rows)":
+                              probs - np.eye(2),
+                          "1 subtracted in the target columns of every row: subtract it only at "
+                          "(i, targets[i])": (probs - 1.0) / 2}):
+        np.testing.assert_allclose(dlogits, [[-0.25, 0.25], [0.375, -0.375]], rtol=1e-14,
+                                   atol=1e-16,
+                                   err_msg="dlogits = (softmax - onehot(target of each row)) / N")
 
 
 @pytest.mark.parametrize(("dtype", "target_dtype"), [(np.float64, np.int64),
@@ -280,10 +375,21 @@ def test_softmax_cross_entropy_is_finite_at_logits_of_1e4(
     exact here. float32 logits and any integer dtype of targets are accepted."""
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], dtype=dtype)
     # Overflow, inf - inf, log(0) inside are errors here, not warnings; exp(-2e4) -> 0 is fine.
-    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
-        loss, dlogits = impl.softmax_cross_entropy(logits, np.array([0, 0], dtype=target_dtype))
+    log_sum_exp = ("compute the loss as logsumexp(z) - z[target], with z = logits - row max, "
+                   "not as log(softmax)")
+    try:
+        with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+            loss, dlogits = impl.softmax_cross_entropy(logits, np.array([0, 0],
+                                                                        dtype=target_dtype))
+    except FloatingPointError as error:
+        cause = ("exp overflowed: subtract each row's max from the logits before exp"
+                 if "overflow" in str(error) else f"log(0) or inf - inf: {log_sum_exp}")
+        pytest.fail(f"likely cause: {cause}; {error} at {dtype.__name__} logits of ±1e4")
     # Row 1: the target has all the mass, loss 0. Row 2: logsumexp = 1e4 + ln 2, target -1e4.
-    assert math.isfinite(loss), f"loss is {loss} at {dtype.__name__} logits of ±1e4"
+    assert math.isfinite(loss), (
+        f"likely cause: log(softmax) underflows to log(0) = -inf: {log_sum_exp}; loss is {loss} "
+        f"at {dtype.__name__} logits of ±1e4"
+    )
     rel = 1e-14 if dtype == np.float64 else 1e-6  # a float32 result may keep float32's digits
     assert loss == pytest.approx((0.0 + 2e4 + math.log(2.0)) / 2, rel=rel)
     assert np.isfinite(dlogits).all(), f"dlogits not finite at logits of ±1e4:\n{dlogits}"
@@ -308,13 +414,40 @@ def test_mlp_hand_worked_example(impl: Any) -> None:
         "fc2.weight": [[0.0, 0.0], [-2.0, 0.0]], "fc2.bias": [0.0, -2.0],
         "fc1.weight": [[-4.0, 4.0], [0.0, 0.0]], "fc1.bias": [-4.0, 0.0],
     }
+    wrong = {"the activation's backward is skipped between layers": mlp_grads_by_hand("skip"),
+             "every layer's activation backward reads the last layer's cache: each layer keeps "
+             "its own": mlp_grads_by_hand("last")}
     for name, value in expected.items():
-        np.testing.assert_array_equal(grads[name], value, err_msg=f"grads[{name!r}]")
+        with hinted(grads[name], {cause: grads_of[name] for cause, grads_of in wrong.items()}):
+            np.testing.assert_array_equal(grads[name], value, err_msg=f"grads[{name!r}]")
+
+
+def mlp_grads_by_hand(bug: str) -> dict[str, np.ndarray]:
+    """The hand-worked MLP's gradients with a classic bug: ReLU's backward ``skip``ped, or every
+    layer gated by the ``last`` hidden layer's pre-activation."""
+    p = hand_params()
+    x, dlogits = np.array([[1.0, -1.0]]), np.array([[1.0, -1.0]])
+    z1 = x @ p["fc1.weight"].T
+    h1 = np.maximum(z1, 0)
+    z2 = h1 @ p["fc2.weight"].T
+    h2 = np.maximum(z2, 0)
+    gate = {"skip": (np.ones(2), np.ones(2)), "last": (z2 > 0, z2 > 0)}[bug]
+    dz2 = dlogits @ p["fc3.weight"] * gate[1]
+    dz1 = dz2 @ p["fc2.weight"] * gate[0]
+    return {"fc3.weight": dlogits.T @ h2, "fc3.bias": dlogits.sum(0),
+            "fc2.weight": dz2.T @ h1, "fc2.bias": dz2.sum(0),
+            "fc1.weight": dz1.T @ x, "fc1.bias": dz1.sum(0)}
 
 
 def test_torch_mlp_hand_worked_example(impl: Any) -> None:
     """The network of test_mlp_hand_worked_example, loaded into TorchMLP: same names, logits."""
-    model = impl.torch_mlp_from_params(hand_params(), "relu")
+    try:
+        model = impl.torch_mlp_from_params(hand_params(), "relu")
+    except RuntimeError as error:
+        if isinstance(error, NotImplementedError) or "state_dict" not in str(error):
+            raise
+        pytest.fail(f"likely cause: TorchMLP's parameters are not named fc1.weight, fc1.bias, "
+                    f"... (layers as attributes fc1, fc2, ..., not a ModuleList): {error}")
     assert [n for n, _ in model.named_parameters()] == list(hand_params()), (
         "TorchMLP's parameters must be named fc1.weight, fc1.bias, fc2.weight, ... in order"
     )
@@ -334,7 +467,15 @@ def test_torch_mlp_hand_worked_activation(impl: Any, activation: str) -> None:
     params = {"fc1.weight": one, "fc1.bias": zero, "fc2.weight": one, "fc2.bias": zero}
     model = impl.torch_mlp_from_params(params, activation)
     logits = model(torch.ones(1, 1, dtype=torch.float64)).item()
-    assert logits == pytest.approx(ACTIVATION_AT_ONE[activation], rel=1e-14), activation
+    act = TORCH_ACTIVATIONS[activation]
+    wrong = {"an activation applied to the logits too: the last layer has none":
+                 act(act(torch.ones(1, dtype=torch.float64))).item(),
+             "the exact erf GELU (F.gelu's default) instead of approximate='tanh'":
+                 F.gelu(torch.ones(1, dtype=torch.float64)).item()}
+    assert logits == pytest.approx(ACTIVATION_AT_ONE[activation], rel=1e-14), (
+        f"{then(likely_np(logits, wrong))}{activation}: logits {logits}, want "
+        f"{ACTIVATION_AT_ONE[activation]}"
+    )
 
 
 def test_torch_mlp_names_and_shapes(impl: Any) -> None:
@@ -352,7 +493,13 @@ def test_torch_mlp_runs_on_its_inputs_device_and_dtype(impl: Any, activation: st
     """Moved to the meta device (placement without a GPU) and float64, its logits are there too:
     nothing in the forward is made on the CPU or in float32."""
     model = impl.TorchMLP([3, 4, 5, 2], activation).to(device="meta", dtype=torch.float64)
-    logits = model(torch.randn(6, 3, device="meta", dtype=torch.float64))
+    try:
+        logits = model(torch.randn(6, 3, device="meta", dtype=torch.float64))
+    except RuntimeError as error:
+        if isinstance(error, NotImplementedError):
+            raise
+        pytest.fail(f"likely cause: a tensor made without device= (a constant) lands on the "
+                    f"CPU: TorchMLP({activation}) on meta inputs: {error}")
     assert logits.device.type == "meta", f"TorchMLP({activation}) logits on {logits.device}"
     assert logits.dtype == torch.float64 and logits.shape == (6, 2), (logits.dtype, logits.shape)
 
@@ -362,10 +509,40 @@ def test_sgd_momentum_hand_worked_example(impl: Any) -> None:
     v = 0.5, w = 0.95; v = 0.9 * 0.5 + 0.5 = 0.95, w = 0.95 - 0.2 * 0.95 = 0.76."""
     params: dict[str, np.ndarray] = {"w": np.array([1.0])}
     velocity: dict[str, np.ndarray] = {}
-    impl.sgd_momentum_step(params, {"w": np.array([0.5])}, velocity, lr=0.1, momentum=0.9)
-    np.testing.assert_allclose(params["w"], [0.95], rtol=1e-15, err_msg="after step 1")
-    impl.sgd_momentum_step(params, {"w": np.array([0.5])}, velocity, lr=0.2, momentum=0.9)
-    np.testing.assert_allclose(params["w"], [0.76], rtol=1e-15, err_msg="after step 2")
+    for step, (lr, expected) in enumerate([(0.1, 0.95), (0.2, 0.76)]):
+        impl.sgd_momentum_step(params, {"w": np.array([0.5])}, velocity, lr=lr, momentum=0.9)
+        with hinted(params["w"], {cause: [w[step]] for cause, w in sgd_bugs_by_hand().items()}):
+            np.testing.assert_allclose(params["w"], [expected], rtol=1e-15,
+                                       err_msg=f"after step {step + 1}")
+
+
+def sgd_bugs_by_hand(weight_decay: float = 0.0) -> dict[str, list[float]]:
+    """w after each step of the hand-worked examples (w = 1, gradient 0.5, momentum 0.9, lr 0.1
+    then 0.2, or 0.1 twice with weight decay) under each classic bug of the update rule."""
+    lrs, m, g = ((0.1, 0.1) if weight_decay else (0.1, 0.2)), 0.9, 0.5
+    bugs = {
+        "the step uses last step's velocity: update v = m v + g first, then p -= lr v": "late",
+        "the velocity is dampened (v = m v + (1 - m) g): torch's is v = m v + g": "dampened",
+        "Nesterov momentum (p -= lr (g + m v)): torch's default steps by v": "nesterov",
+        "lr folded into the velocity (v = m v - lr g): torch's v has no lr, p -= lr v": "lr_in_v",
+        "momentum ignored: p -= lr g, with no velocity": "no_momentum",
+        "weight decay applied after the momentum (decoupled, as SGDW): torch adds "
+        "weight_decay * p to the gradient before it": "decoupled",
+        "weight_decay ignored: the gradient is grads + weight_decay * p": "no_decay",
+    }
+    out = {}
+    for cause, bug in bugs.items():
+        w, v, ws = 1.0, 0.0, []
+        for lr in lrs:
+            d = g + (0.0 if bug in ("decoupled", "no_decay") else weight_decay * w)
+            v_old, v = v, {"dampened": m * v + (1 - m) * d, "lr_in_v": m * v - lr * d}.get(
+                bug, m * v + d)
+            w = {"late": w - lr * v_old, "nesterov": w - lr * (d + m * v), "lr_in_v": w + v,
+                 "no_momentum": w - lr * d, "decoupled": w - lr * (v + weight_decay * w)
+                 }.get(bug, w - lr * v)
+            ws.append(w)
+        out[cause] = ws
+    return out
 
 
 def test_sgd_weight_decay_hand_worked_example(impl: Any) -> None:
@@ -373,10 +550,13 @@ def test_sgd_weight_decay_hand_worked_example(impl: Any) -> None:
     g = 0.5 + 0.094 = 0.594, v = 0.54 + 0.594 = 1.134, w = 0.94 - 0.1134 = 0.8266."""
     params: dict[str, np.ndarray] = {"w": np.array([1.0])}
     velocity: dict[str, np.ndarray] = {}
-    for expected in (0.94, 0.8266):
+    bugs = sgd_bugs_by_hand(weight_decay=0.1)
+    for step, expected in enumerate((0.94, 0.8266)):
         impl.sgd_momentum_step(params, {"w": np.array([0.5])}, velocity, lr=0.1, momentum=0.9,
                                weight_decay=0.1)
-        np.testing.assert_allclose(params["w"], [expected], rtol=1e-14)
+        with hinted(params["w"], {cause: [w[step]] for cause, w in bugs.items()}):
+            np.testing.assert_allclose(params["w"], [expected], rtol=1e-14,
+                                       err_msg=f"after step {step + 1}")
 
 
 def test_value_hand_worked_example(impl: Any) -> None:
@@ -385,17 +565,27 @@ def test_value_hand_worked_example(impl: Any) -> None:
     f = a * b + c**2
     f.backward()
     assert f.data == 10.0
-    assert (a.grad, b.grad, c.grad) == (-3.0, 2.0, 8.0), "(df/da, df/db, df/dc)"
+    grads = (a.grad, b.grad, c.grad)
+    wrong = {
+        "backward does not seed the output's gradient with 1 (self.grad = 1), or runs the nodes "
+        "leaves first instead of in reverse topological order": (0.0, 0.0, 0.0),
+        "d(a*b)/da taken as a instead of b (the other factor)": (2.0, -3.0, 8.0),
+        "d(x**k)/dx = k x**(k-1): the factor k is missing": (-3.0, 2.0, 4.0),
+    }
+    assert grads == (-3.0, 2.0, 8.0), f"{then(likely_np(grads, wrong))}(df/da, df/db, df/dc)"
+
+
+OVERWRITE = "the gradient is assigned (=) instead of accumulated (+=)"
 
 
 def test_value_used_twice_accumulates_its_gradient(impl: Any) -> None:
     """Each use of a node adds its share: d(a + a)/da = 2, d(a * a)/da = 2a."""
     a = impl.Value(3.0)
     (a + a).backward()
-    assert a.grad == 2.0, f"d(a + a)/da = 2, got {a.grad} (gradients overwritten, not added?)"
+    assert a.grad == 2.0, f"likely cause: {OVERWRITE}; d(a + a)/da = 2, got {a.grad}"
     a = impl.Value(3.0)
     (a * a).backward()
-    assert a.grad == 6.0, f"d(a * a)/da = 2a = 6, got {a.grad}"
+    assert a.grad == 6.0, f"likely cause: {OVERWRITE}; d(a * a)/da = 2a = 6, got {a.grad}"
 
 
 def test_value_backward_runs_in_topological_order(impl: Any) -> None:
@@ -408,14 +598,17 @@ def test_value_backward_runs_in_topological_order(impl: Any) -> None:
     c.backward()
     assert c.data == 108.0
     assert (a.grad, b.grad) == (21.0, 9.0), "(dc/da, dc/db)"
-    assert x.grad == 135.0, f"dc/dx = 135, got {x.grad} (a node's backward ran too early?)"
+    assert x.grad == 135.0, (
+        f"likely cause: backward not in reverse topological order (breadth-first?): a node's "
+        f"_backward must run after those of every node that uses it; dc/dx = 135, got {x.grad}"
+    )
 
 
 # op: (op, x, op'(x)) worked by hand; the test below uses op twice on the same input.
 REUSED_OPS: dict[str, tuple[Callable[[Any], Any], float, float]] = {
     "tanh": (lambda x: x.tanh(), math.atanh(0.5), 0.75),
     "relu": (lambda x: x.relu(), 0.5, 1.0),
-    "exp": (lambda x: x.exp(), 0.0, 1.0),
+    "exp": (lambda x: x.exp(), math.log(2.0), 2.0),
     "log": (lambda x: x.log(), 2.0, 0.5),
     "pow3": (lambda x: x**3, 2.0, 12.0),
     "pow_negative": (lambda x: x**-1, 4.0, -0.0625),
@@ -432,9 +625,24 @@ def test_value_every_operation_accumulates_into_a_reused_input(impl: Any, name: 
     x = impl.Value(x0)
     f = op(x) + 2.0 * op(x) + x
     f.backward()
+    wrong = {cause: 3 * bad + 1 for cause, bad in REUSED_OP_BUGS.get(name, {}).items()}
+    wrong["the chain-rule factor out.grad is missing"] = 2 * slope + 1  # out.grad is 1, then 2
+    cause = (likely_np(x.grad, wrong)  # or whichever use ran last, alone:
+             or likely_np(x.grad, {OVERWRITE: slope}) or likely_np(x.grad, {OVERWRITE: 2 * slope}))
     assert x.grad == pytest.approx(3 * slope + 1, rel=1e-12), (
-        f"{name}: d(op(x) + 2 op(x) + x)/dx = {3 * slope + 1}, got {x.grad} (= instead of +=?)"
+        f"{then(cause)}{name}: d(op(x) + 2 op(x) + x)/dx = {3 * slope + 1}, got {x.grad}"
     )
+
+
+# op: {cause: the slope op'(x) that bug gives at the x of REUSED_OPS}
+REUSED_OP_BUGS: dict[str, dict[str, float]] = {
+    "tanh": {"tanh's gradient computed from its input: it is 1 - y^2, y = tanh(x) the output":
+             1 - math.atanh(0.5) ** 2},
+    "relu": {"relu's gradient gated at the wrong place: out.grad passes wherever x > 0": 0.0},
+    "exp": {"exp's gradient taken as x: it is exp(x), the output": math.log(2.0)},
+    "log": {"log's gradient taken as 1/log(x): it is 1/x, x the input": 1 / math.log(2.0)},
+    "pow3": {"d(x**k)/dx = k x**(k-1): the factor k is missing": 4.0},
+}
 
 
 def test_value_leaves_the_output_does_not_use_keep_a_zero_gradient(impl: Any) -> None:
@@ -479,15 +687,29 @@ HAND_WORKED_OPS: dict[str, tuple[Callable[..., Any], tuple[float, ...], float,
 }
 
 
+# name: the likely cause when that case's gradient is wrong
+HAND_WORKED_OP_HINTS = {
+    "relu_negative": "relu's backward does not gate: out.grad passes only where x > 0",
+    "relu_at_zero": "relu's slope at x = 0 taken as 1: PyTorch's is 0 (x > 0, not x >= 0)",
+    "tanh_saturated": "tanh's gradient is 1 - y^2 with y = tanh(x) the output",
+}
+
+
 @pytest.mark.parametrize("name", HAND_WORKED_OPS)
 def test_value_operation_hand_worked_gradients(impl: Any, name: str) -> None:
     f, inputs, value, expected = HAND_WORKED_OPS[name]
     leaves = [impl.Value(v) for v in inputs]
-    out = f(*leaves)
+    try:
+        out = f(*leaves)
+    except OverflowError as error:
+        pytest.fail(f"likely cause: math.exp overflows at |x| = {inputs[0]:g} (tanh written with "
+                    f"exp(2x)?): use math.tanh; {name}: {error}")
     out.backward()
     assert out.data == pytest.approx(value, rel=1e-12, abs=1e-15), f"{name}: value"
     grads = tuple(leaf.grad for leaf in leaves)
+    hint = HAND_WORKED_OP_HINTS.get(name)
     assert grads == pytest.approx(expected, rel=1e-12, abs=1e-15), (
+        f"{'likely cause: ' + hint + '; ' if hint else ''}"
         f"{name}: gradients {grads}, expected {expected}"
     )
 
@@ -551,6 +773,11 @@ def test_activation_matches_torch_functional_and_autograd(impl: Any, name: str,
     xt = t64(x, grad=True)
     yt = TORCH_ACTIVATIONS[name](xt)
     yt.backward(t64(dy))
+    finite = np.isfinite(yt.detach().numpy())
+    assert np.isfinite(np.asarray(y, dtype=np.float64)[finite]).all(), (
+        f"likely cause: overflow at large |x| (exp(2x) = inf, inf/inf = NaN): use np.tanh, or "
+        f"exp of -|x| only; {name}(x) at x = {x}: {y}"
+    )
     assert_matches_torch(f"{name}(x)", y, yt)
     assert_matches_torch(f"d{name}/dx", dx, xt.grad)
 
@@ -617,7 +844,10 @@ def test_mlp_with_cross_entropy_matches_torch_autograd(impl: Any, activation: st
     logits_t, leaves = torch_mlp_oracle(params, x, activation)
     loss_t = F.cross_entropy(logits_t, torch.from_numpy(targets))
     loss_t.backward()
-    assert_matches_torch("logits", logits, logits_t)
+    act = TORCH_ACTIVATIONS[activation]
+    assert_matches_torch("logits", logits, logits_t, wrong={
+        "an activation applied to the logits too: the last layer has none":
+            lambda: act(logits_t.detach()).numpy()})
     assert loss == pytest.approx(loss_t.item(), rel=1e-10, abs=1e-12)
     for name, leaf in leaves.items():
         assert_matches_torch(f"grads[{name!r}]", grads[name], leaf.grad)
@@ -678,6 +908,7 @@ def save_and_load(arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[st
     return out
 
 
+@settings(report_multiple_bugs=False)  # the first failure, with its hint, not a group of them
 @given(case=sgd_cases())
 def test_sgd_momentum_matches_torch_optim_sgd(impl: Any, case: tuple[Any, ...]) -> None:
     """Several steps against torch.optim.SGD, whose lr and momentum a schedule changes between
@@ -703,16 +934,23 @@ def test_sgd_momentum_matches_torch_optim_sgd(impl: Any, case: tuple[Any, ...]) 
         what = (f"after step {step} (lr={lr:.3g}, momentum={momentum:.3g}, "
                 f"weight_decay={weight_decay:.3g}, schedule {momenta})")
         for k, leaf in leaves.items():
-            np.testing.assert_array_equal(given[k], grads[k],
-                                          err_msg=f"the step changed the caller's grads[{k!r}]")
+            np.testing.assert_array_equal(
+                given[k], grads[k], err_msg=f"likely cause: grads[{k!r}] modified in place "
+                f"(grads[k] += ...): the step changed the caller's grads[{k!r}]; compute "
+                f"g = grads[k] + weight_decay * p as a new array")
             given[k].fill(np.nan)  # the caller reuses its buffers: nothing may still point here
             assert_matches_torch(f"params[{k!r}] {what}", ours[k], leaf)
             buffer = opt.state[leaf].get("momentum_buffer")
             if buffer is None:
-                assert k not in velocity, f"velocity[{k!r}] {what}: torch keeps no momentum " \
-                    "buffer yet (momentum 0 so far), so there is no velocity"
+                assert k not in velocity, f"likely cause: a velocity stored while momentum is " \
+                    f"0; velocity[{k!r}] {what}: torch keeps no momentum buffer yet (momentum 0 " \
+                    "so far), so there is no velocity"
             else:
                 assert k in velocity, f"velocity[{k!r}] missing {what}"
+                assert not np.isnan(velocity[k]).any(), (
+                    f"likely cause: velocity[{k!r}] is the caller's grads[{k!r}] array itself "
+                    f"(aliased; the caller refilled it): store a copy; velocity {what}"
+                )
                 assert_matches_torch(f"velocity[{k!r}] (torch's momentum_buffer) {what}",
                                      velocity[k], buffer)
         if step == save_at:

@@ -30,6 +30,7 @@ relative; quantities computed exactly (counts, windows, a uniform model's NLL in
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 
 from reference.hf import config_to_hf, to_hf_state_dict
 from reference.model import GPT, GPTConfig
+from specs import hints
 
 COMPONENT = "evaluation"
 pytestmark = pytest.mark.evaluation
@@ -147,6 +149,13 @@ def uniform_gpt(vocab: int, block_size: int = BLOCK) -> GPT:
     return model.eval()
 
 
+def cause(value: float, wrong: dict[str, float]) -> str:
+    """``"likely cause: ...; "`` for the classic bug whose figure ``value`` matches, else ``""``."""
+    found = hints.likely(torch.tensor(value, dtype=torch.float64),
+                         {k: torch.tensor(v, dtype=torch.float64) for k, v in wrong.items()})
+    return f"{found}; " if found else ""
+
+
 def lp(*probs: float) -> Tensor:
     """A row of log-probabilities."""
     assert abs(sum(probs) - 1) < 1e-12
@@ -157,7 +166,15 @@ def lp(*probs: float) -> Tensor:
 
 
 def test_windows_hand_worked(impl: Any) -> None:
-    assert impl.windows(10, 4, 2) == [(0, 4, 0), (2, 6, 4), (4, 8, 6), (6, 9, 8)]
+    got = impl.windows(10, 4, 2)
+    why = ""
+    if got == [(0, 4, 0), (4, 8, 4), (8, 9, 8)]:
+        why = ("likely cause: the windows are disjoint whatever the stride: window k begins at "
+               "k * stride, so they overlap when stride < context; ")
+    elif got and got[-1][1] == 10:
+        why = ("likely cause: the windows run to N: N tokens make N - 1 predictions, so the "
+               "last window ends at N - 1 (the last token predicts nothing); ")
+    assert got == [(0, 4, 0), (2, 6, 4), (4, 8, 6), (6, 9, 8)], f"{why}windows(10, 4, 2) = {got}"
     assert impl.windows(10, 4, 4) == [(0, 4, 0), (4, 8, 4), (8, 9, 8)]
     assert impl.windows(10, 4, 1) == [(0, 4, 0), (1, 5, 4), (2, 6, 5), (3, 7, 6), (4, 8, 7),
                                       (5, 9, 8)]
@@ -172,8 +189,24 @@ def test_token_nlls_hand_worked_bigram(impl: Any) -> None:
     nll, pos = impl.token_nlls(Bigram(table, block_size=2), [0, 1, 0, 2], context=2, stride=1)
     want = torch.tensor([-math.log(3 / 4), -math.log(1 / 2), -math.log(1 / 16)], dtype=torch.float64)
     assert nll.dtype == torch.float64, f"token NLLs must be float64, got {nll.dtype}"
-    torch.testing.assert_close(nll, want, atol=1e-6, rtol=0)  # float32 table: ~1e-7
-    assert pos.tolist() == [0, 1, 1], f"positions {pos.tolist()}, want [0, 1, 1]"
+    hints.assert_close(nll, want, what="token NLLs of [0, 1, 0, 2]", wrong={
+        # each token scored as a prediction of itself: -log p(0|0), -log p(1|1), -log p(0|0)
+        "the targets are not shifted: the logits at t predict the token at t + 1 "
+        "(targets ids[1:])": torch.tensor([math.log(8), math.log(4), math.log(8)],
+                                          dtype=torch.float64),
+        # -log p(0|0), -log p(2|1): two positions ahead, and one prediction short
+        "the targets are shifted by two: the logits at t predict the token at t + 1":
+            torch.tensor([math.log(8), math.log(8)], dtype=torch.float64),
+        # window 2 scores its first prediction again: -log p(0|1) twice
+        "the overlap is scored again: each window scores only the predictions from `first` on, "
+        "the ones no earlier window scored": torch.tensor(
+            [-math.log(3 / 4), -math.log(1 / 2), -math.log(1 / 2), -math.log(1 / 16)],
+            dtype=torch.float64),
+    }, atol=1e-6, rtol=0)  # float32 table: ~1e-7
+    why = ("likely cause: the stride is ignored (windows of stride = context): window k begins "
+           "at k * stride, and positions count from its start; " if pos.tolist() == [0, 1, 0]
+           else "")
+    assert pos.tolist() == [0, 1, 1], f"{why}positions {pos.tolist()}, want [0, 1, 1]"
 
 
 def test_token_nlls_match_cross_entropy_on_one_window(impl: Any) -> None:
@@ -190,17 +223,27 @@ def test_token_nlls_match_cross_entropy_on_one_window(impl: Any) -> None:
 def test_perplexity_figures_hand_worked(impl: Any) -> None:
     """nll = 3 ln 2 nats over 3 tokens, a 6-byte text of 2 words."""
     p = impl.Perplexity(nll=3 * math.log(2), tokens=3, bytes=6, words=2, context=8, stride=4)
-    assert math.isclose(p.ppl, 2.0, rel_tol=1e-12), f"ppl {p.ppl}, want exp(ln 2) = 2"
+    ln2 = math.log(2)
+    why = cause(p.ppl, {"the perplexity in base 2: ppl = exp(nll / tokens), the NLLs are in "
+                        "nats": 2 ** ln2})
+    assert math.isclose(p.ppl, 2.0, rel_tol=1e-12), f"{why}ppl {p.ppl}, want exp(ln 2) = 2"
+    why = cause(p.bits_per_byte, {
+        "bits per byte left in nats: divide by ln 2, nll / ln 2 / bytes": 3 * ln2 / 6,
+        "multiplied by ln 2: bits = nats / ln 2": 3 * ln2 * ln2 / 6,
+    })
     assert math.isclose(p.bits_per_byte, 0.5, rel_tol=1e-12), (
-        f"bits/byte {p.bits_per_byte}, want 3 bits / 6 bytes = 0.5 (nats / ln 2)")
-    assert math.isclose(p.word_ppl, 2 ** 1.5, rel_tol=1e-12), f"word ppl {p.word_ppl}"
+        f"{why}bits/byte {p.bits_per_byte}, want 3 bits / 6 bytes = 0.5 (nats / ln 2)")
+    why = cause(p.word_ppl, {"word perplexity divided by the tokens: exp(nll / words)": 2.0})
+    assert math.isclose(p.word_ppl, 2 ** 1.5, rel_tol=1e-12), f"{why}word ppl {p.word_ppl}"
     assert "context 8" in p.describe() and "stride 4" in p.describe(), p.describe()
 
 
 def test_perplexity_counts_bytes_and_words_of_the_text(impl: Any) -> None:
     text = "héllo wörld  ok\n"  # 16 characters, 18 UTF-8 bytes, 3 words
     p = impl.perplexity(uniform_gpt(8), [1, 2, 3, 4, 5], text=text)
-    assert (p.bytes, p.words, p.tokens) == (18, 3, 4), (p.bytes, p.words, p.tokens)
+    why = ("likely cause: the characters are counted, not the UTF-8 bytes: "
+           "len(text.encode()); " if p.bytes == len(text) else "")
+    assert (p.bytes, p.words, p.tokens) == (18, 3, 4), f"{why}{(p.bytes, p.words, p.tokens)}"
     assert math.isclose(p.bits_per_byte, 4 * 3 / 18, rel_tol=1e-9), p.bits_per_byte  # 3 bits/token
     assert math.isclose(p.word_ppl, math.exp(4 * math.log(8) / 3), rel_tol=1e-9), p.word_ppl
 
@@ -227,11 +270,25 @@ def test_perplexity_matches_hugging_face_loop_on_a_long_text(impl: Any, gpt_and_
     model, hf = gpt_and_hf
     ids = torch.randint(0, VOCAB, (100,), generator=torch.Generator().manual_seed(5)).tolist()
     for context, stride in [(BLOCK, 5), (BLOCK, BLOCK), (7, 3), (BLOCK - 1, 1)]:
-        _, _, hf_sum, hf_tokens = hf_sliding_window(hf, ids, context + 1, stride)
+        nlls, positions, hf_sum, hf_tokens = hf_sliding_window(hf, ids, context + 1, stride)
         p = impl.perplexity(model, ids, context=context, stride=stride)
-        assert (p.tokens, p.context, p.stride) == (hf_tokens, context, stride) == (99, context, stride)
+        why = ""
+        if p.tokens < hf_tokens:
+            why = ("likely cause: predictions are lost at the window boundaries: each window "
+                   "scores from `first`, the first prediction no earlier window scored; ")
+        elif p.tokens > hf_tokens:
+            why = "likely cause: the overlap is scored again, from each window's start; "
+        assert (p.tokens, p.context, p.stride) == (hf_tokens, context, stride) == (99, context, stride), (
+            f"{why}(tokens, context, stride) = {(p.tokens, p.context, p.stride)}")
+        # a new window starts where the position does not grow
+        starts = [0, *(i for i in range(1, len(positions)) if positions[i] <= positions[i - 1]),
+                  len(positions)]
+        means = [float(nlls[a:b].mean()) for a, b in itertools.pairwise(starts)]
+        why = cause(p.nll, {"the windows' mean NLLs are averaged: windows score different "
+                            "numbers of tokens; sum the token NLLs, divide by their count":
+                            sum(means) / len(means) * hf_tokens})
         assert math.isclose(p.nll, hf_sum, rel_tol=1e-5), (
-            f"context {context}, stride {stride}: nll {p.nll}, HF's loop {hf_sum}")
+            f"{why}context {context}, stride {stride}: nll {p.nll}, HF's loop {hf_sum}")
         assert math.isclose(p.ppl, math.exp(hf_sum / hf_tokens), rel_tol=1e-5)
 
 
@@ -255,7 +312,10 @@ def test_loglikelihood_hand_worked_bigram(impl: Any) -> None:
                          lp(1 / 8, 1 / 8, 1 / 8, 5 / 8), lp(1 / 4, 1 / 4, 1 / 4, 1 / 4)])
     model = Bigram(table, block_size=4)
     ll, greedy = impl.loglikelihood(model, [3, 0], [1, 2])  # p(1|0) p(2|1) = 1/2 * 1/4
-    assert math.isclose(ll, math.log(1 / 8), abs_tol=1e-6), ll  # float32 table
+    why = cause(ll, {"the model reads the last continuation token too: feed context + "
+                     "continuation[:-1], the logits at t score the token at t + 1":
+                     math.log(1 / 4) + math.log(1 / 8)})  # p(1|1) p(2|2): one step late
+    assert math.isclose(ll, math.log(1 / 8), abs_tol=1e-6), f"{why}{ll}"  # float32 table
     assert greedy is False  # p(2|1) = 1/4 ties, and the argmax is token 0
     ll, greedy = impl.loglikelihood(model, [0], [1])
     assert math.isclose(ll, math.log(1 / 2), abs_tol=1e-6) and greedy is True
@@ -275,12 +335,22 @@ def test_loglikelihood_matches_cross_entropy_with_left_truncation(impl: Any) -> 
         scored = logits[0, -n_cont:].double()
         want = -float(F.cross_entropy(scored, cont, reduction="sum"))
         ll, greedy = impl.loglikelihood(model, ctx.tolist(), cont.tolist())
-        assert math.isclose(ll, want, rel_tol=1e-5), f"context {n_ctx}, continuation {n_cont}"
+        with torch.no_grad():  # cut to block_size tokens: the first target loses its context
+            short = torch.cat([ctx, cont])[-BLOCK:]
+            cut = -float(F.cross_entropy(model(short[None, :-1])[0][0, -n_cont:].double(),
+                                         cont[-(BLOCK - 1):], reduction="sum"))
+        why = cause(ll, {"the text is cut to block_size tokens: keep block_size + 1 (the last "
+                         "is only a target), so every scored token keeps its full context": cut})
+        assert math.isclose(ll, want, rel_tol=1e-5), (
+            f"{why}context {n_ctx}, continuation {n_cont}: {ll}, want {want}")
         assert greedy == bool((scored.argmax(-1) == cont).all())
 
 
 def test_choose_hand_worked(impl: Any) -> None:
-    assert impl.choose([-4.0, -2.0], ["aaaa", "b"]) == (1, 0)
+    got = impl.choose([-4.0, -2.0], ["aaaa", "b"])  # per character: -1 and -2
+    why = ("likely cause: acc_norm picks the lowest: the highest log-likelihood per character "
+           "(max, not min); " if got == (1, 1) else "")
+    assert got == (1, 0), f"{why}choose([-4, -2], ['aaaa', 'b']) = {got}, want (1, 0)"
     assert impl.choose([-3.0, -3.0, -9.0], ["ab", "cd", "efghijklmn"]) == (0, 2)
 
 
@@ -309,7 +379,9 @@ def test_length_normalisation_by_characters_changes_the_pick(impl: Any) -> None:
     model, tok = _pieces_model()
     s = impl.score_multiple_choice(model, tok, impl.MultipleChoice("ctx", ["aaaa", "b"], 0))
     assert s.pred == 1, f"acc must pick the higher summed log-likelihood, got {s}"
-    assert s.pred_norm == 0, f"acc_norm divides by len(choice) characters, not tokens: {s}"
+    assert s.pred_norm == 0, (
+        f"likely cause: acc_norm divides by the tokens: divide by len(choice), the characters, "
+        f"not the tokens: {s}")
 
 
 def test_calibration_hand_worked_bins(impl: Any) -> None:
@@ -318,7 +390,10 @@ def test_calibration_hand_worked_bins(impl: Any) -> None:
     conf = torch.tensor([0.95] * 8 + [0.15] * 2 + [1.0, 0.0])
     correct = torch.tensor([True] * 10 + [True, False])
     c = impl.calibration(conf, correct, bins=5)
-    assert c.counts == [3, 0, 0, 0, 9], c.counts
+    rounded = torch.bincount((conf * 5).round().long().clamp(max=4), minlength=5).tolist()
+    why = ("likely cause: the bins are found by rounding: bin = floor(confidence * bins), "
+           "1.0 in the last; " if c.counts == rounded else "")
+    assert c.counts == [3, 0, 0, 0, 9], f"{why}counts {c.counts}"
     assert c.edges == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], c.edges
     assert math.isnan(c.confidence[1]) and math.isnan(c.accuracy[2])
     torch.testing.assert_close(torch.tensor([c.confidence[0], c.accuracy[0]]),
@@ -326,7 +401,10 @@ def test_calibration_hand_worked_bins(impl: Any) -> None:
     torch.testing.assert_close(torch.tensor([c.confidence[4], c.accuracy[4]]),
                                torch.tensor([(0.95 * 8 + 1) / 9, 1.0]), atol=1e-7, rtol=0)
     want = 3 / 12 * abs(2 / 3 - 0.1) + 9 / 12 * abs(1 - (0.95 * 8 + 1) / 9)
-    assert math.isclose(c.ece, want, rel_tol=1e-6), f"ECE {c.ece}, want {want}"
+    why = cause(c.ece, {"the bins are weighted equally: weight each bin's gap by its share of "
+                        "the predictions, count / N":
+                        (abs(2 / 3 - 0.1) + abs(1 - (0.95 * 8 + 1) / 9)) / 2})
+    assert math.isclose(c.ece, want, rel_tol=1e-6), f"{why}ECE {c.ece}, want {want}"
 
 
 def test_overconfident_predictor_has_the_known_ece(impl: Any) -> None:
@@ -334,8 +412,10 @@ def test_overconfident_predictor_has_the_known_ece(impl: Any) -> None:
     assert math.isclose(c.ece, 0.3, rel_tol=1e-6), f"always 0.9 sure, right 60%: ECE 0.3, got {c.ece}"
     assert sum(c.counts) == 1000 and len(c.counts) == 15 and len(c.edges) == 16
     mixed = impl.calibration(torch.tensor([0.1, 0.1, 0.9, 0.9]), torch.tensor([1, 1, 0, 0]))
+    why = cause(mixed.ece, {"the gaps are signed, so under- and over-confident bins cancel: "
+                            "take |accuracy - confidence|": 0.0})
     assert math.isclose(mixed.ece, 0.9, rel_tol=1e-6), (
-        f"under- and over-confident bins: gaps 0.9 each, never cancelling; got {mixed.ece}")
+        f"{why}under- and over-confident bins: gaps 0.9 each, never cancelling; got {mixed.ece}")
 
 
 def test_calibrated_predictor_has_ece_near_zero(impl: Any) -> None:

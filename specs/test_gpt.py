@@ -59,6 +59,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import Tensor
 
+from specs.hints import Wrong, likely
+
 COMPONENT = "gpt"
 pytestmark = pytest.mark.gpt
 
@@ -131,12 +133,18 @@ def tokens(batch: int, length: int, vocab_size: int, seed: int = 0) -> Tensor:
     )
 
 
-def assert_close(actual: Tensor, expected: Tensor, atol: float, what: str) -> None:
+def assert_close(actual: Tensor, expected: Tensor, atol: float, what: str,
+                 wrong: Wrong | None = None, hint: str = "") -> None:
+    """Max abs difference within ``atol``; a failure names the classic bug of ``wrong`` (cause ->
+    what that bug gives, from torch ops or HF) that ``actual`` matches, else ``hint``."""
     assert actual.shape == expected.shape, (
         f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     )
     diff = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
-    assert diff <= atol, f"{what}: max abs difference {diff:.3g} > {atol:g}"
+    if not diff <= atol:
+        cause = likely(actual, wrong or {}) or (f"likely cause: {hint}" if hint else "")
+        raise AssertionError(f"{what}: {cause + '; ' if cause else ''}"
+                             f"max abs difference {diff:.3g} > {atol:g}")
 
 
 # ---------------------------------------------------------------- LayerNorm and GELU
@@ -166,7 +174,22 @@ def test_layer_norm_matches_torch_layer_norm(
     weight = 1 + torch.randn(C, generator=g, dtype=torch.float64) if scale else None
     bias = torch.randn(C, generator=g, dtype=torch.float64) if shift else None
     out = impl.layer_norm(x, weight, bias, eps=eps)
-    assert_close(out, F.layer_norm(x, (C,), weight, bias, eps), 1e-10, "layer_norm vs F.layer_norm")
+    mean = x.mean(-1, keepdim=True)
+
+    def affine(y: Tensor) -> Tensor:
+        return (y if weight is None else y * weight) + (0 if bias is None else bias)
+
+    wrong = {
+        "the unbiased variance (divides by C - 1): LayerNorm's is biased, "
+        "x.var(-1, unbiased=False)": lambda: affine((x - mean) / (x.var(-1, keepdim=True) + eps)
+                                                    .sqrt()),
+        "eps added outside the square root: (x - mean) / sqrt(var + eps)": lambda: affine(
+            (x - mean) / (x.var(-1, keepdim=True, unbiased=False).sqrt() + eps)),
+        "the shift (bias) applied only with a scale (weight): each is optional on its own":
+            lambda: F.layer_norm(x, (C,), weight, bias if weight is not None else None, eps),
+    }
+    assert_close(out, F.layer_norm(x, (C,), weight, bias, eps), 1e-10,
+                 "layer_norm vs F.layer_norm", wrong=wrong)
 
 
 def test_layer_norm_hand_worked_example(impl: Any) -> None:
@@ -197,12 +220,20 @@ def test_layer_norm_float32_is_accurate_far_from_zero(impl: Any, C: int) -> None
     assert out.dtype == torch.float32, f"float32 in, {out.dtype} out"
     expected = F.layer_norm(x.double(), (C,))
     LN_FP32_TOL = 1e-3  # float32 rounding of a mean near 1000 is ~1e-4; the one-pass form is off by > 1
-    assert_close(out, expected, LN_FP32_TOL, "float32 layer_norm at mean 1000 vs float64")
+    assert_close(out, expected, LN_FP32_TOL, "float32 layer_norm at mean 1000 vs float64",
+                 hint="the one-pass variance E[x^2] - E[x]^2 cancels catastrophically in float32 "
+                 "far from zero: use the mean of (x - mean)^2")
 
 
 @given(x=float_tensors())
 def test_gelu_matches_torch_tanh_approximation(impl: Any, x: Tensor) -> None:
-    assert_close(impl.gelu(x), F.gelu(x, approximate="tanh"), 1e-10, "gelu vs F.gelu(tanh)")
+    out = impl.gelu(x)
+    overflow = not bool(out.isfinite().all())
+    assert_close(out, F.gelu(x, approximate="tanh"), 1e-10, "gelu vs F.gelu(tanh)",
+                 wrong={"the exact erf GELU instead of GPT-2's tanh approximation":
+                        lambda: F.gelu(x)},
+                 hint="tanh built from exp overflows (inf / inf = NaN): use torch.tanh"
+                 if overflow else "")
 
 
 def test_gelu_hand_worked_example(impl: Any) -> None:
@@ -237,7 +268,23 @@ def test_sinusoidal_matches_closed_form(impl: Any, n_positions: int, half: int) 
     rows = [[closed_form(pos, j) for j in range(d)] for pos in range(n_positions)]
     expected = torch.tensor(rows, dtype=torch.float64).view(n_positions, d)
     assert pe.dtype == torch.float32, f"expected float32, got {pe.dtype}"
-    assert_close(pe, expected, 1e-6, "PE vs sin/cos closed form")
+
+    def table(dtype: torch.dtype, pair_step: int = 2, swap: bool = False) -> Tensor:
+        """The table with a classic bug: angles in float32, ω = 10000^(-i/d), sin/cos swapped."""
+        omega = 10000 ** (-torch.arange(0, d, 2, dtype=dtype) / 2 * pair_step / d)
+        angles = torch.arange(n_positions, dtype=dtype)[:, None] * omega
+        first, second = (angles.cos(), angles.sin()) if swap else (angles.sin(), angles.cos())
+        return torch.stack([first, second], dim=-1).flatten(-2).float()
+
+    wrong = {
+        "sin and cos swapped: even channels 2i hold sin(pos·ω_i), odd ones cos":
+            lambda: table(torch.float64, swap=True),
+        "the frequencies ω_i = 10000^(-2i/d) for pair i (channel 2i), not 10000^(-i/d)":
+            lambda: table(torch.float64, pair_step=1),
+        "the angles pos·ω computed in float32: compute them in float64, round the table once":
+            lambda: table(torch.float32),
+    }
+    assert_close(pe, expected, 1e-6, "PE vs sin/cos closed form", wrong=wrong)
 
 
 def test_sinusoidal_hand_worked_example(impl: Any) -> None:
@@ -293,13 +340,48 @@ def block_params(model: Any, layer: int, bias: bool = True) -> dict[str, Tensor]
     }
 
 
+def torch_mlp(x: Tensor, p: dict[str, Tensor], act: Callable[[Tensor], Tensor]) -> Tensor:
+    h = act(F.linear(x, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]))
+    return F.linear(h, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+
+
+def torch_block(x: Tensor, p: dict[str, Tensor], n_head: int, causal: bool = True,
+                post_ln: bool = False, attn_residual: bool = True) -> Tensor:
+    """GPT-2's block from torch ops, or with one classic bug (the block tests' wrong answers)."""
+    def ln(h: Tensor, name: str) -> Tensor:
+        return F.layer_norm(h, h.shape[-1:], p[f"{name}.weight"], p[f"{name}.bias"])
+
+    def attn(h: Tensor) -> Tensor:
+        b, t, c = h.shape
+        q, k, v = (z.view(b, t, n_head, c // n_head).transpose(1, 2) for z in F.linear(
+            h, p["attn.c_attn.weight"], p["attn.c_attn.bias"]).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return F.linear(y.transpose(1, 2).reshape(b, t, c), p["attn.c_proj.weight"],
+                        p["attn.c_proj.bias"])
+
+    def mlp(h: Tensor) -> Tensor:
+        return torch_mlp(h, p, lambda z: F.gelu(z, approximate="tanh"))
+
+    if post_ln:
+        x = ln(x + attn(x), "ln_1")
+        return ln(x + mlp(x), "ln_2")
+    h = attn(ln(x, "ln_1"))
+    x = x + h if attn_residual else h
+    return x + mlp(ln(x, "ln_2"))
+
+
 def test_mlp_matches_hf_gpt2_mlp(impl: Any) -> None:
     model = hf_model()
     x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model.transformer.h[1].mlp(x)
+    p = block_params(model, 1)
     assert_close(
-        impl.mlp_forward(x, block_params(model, 1)), expected, FORWARD_ATOL, "MLP vs HF GPT2MLP"
+        impl.mlp_forward(x, p), expected, FORWARD_ATOL, "MLP vs HF GPT2MLP",
+        wrong={"ReLU instead of GELU (GPT-2's tanh approximation)":
+               lambda: torch_mlp(x, p, torch.relu),
+               "the exact erf GELU instead of GPT-2's tanh approximation":
+               lambda: torch_mlp(x, p, F.gelu)},
     )
 
 
@@ -310,8 +392,18 @@ def test_block_matches_hf_gpt2_block(impl: Any, shape: tuple[int, int, int, int,
     idx = tokens(2, shape[4], shape[3])
     with torch.no_grad():
         hidden = model(idx, output_hidden_states=True).hidden_states
-    out = impl.block_forward(hidden[0], block_params(model, 0), shape[1])
-    assert_close(out, hidden[1], FORWARD_ATOL, "block 0 vs HF GPT2Block")
+    p = block_params(model, 0)
+    out = impl.block_forward(hidden[0], p, shape[1])
+    x, n_head = hidden[0], shape[1]
+    wrong = {
+        "attention without the causal mask: a position must not see later ones (is_causal=True)":
+            lambda: torch_block(x, p, n_head, causal=False),
+        "post-LN (normalize after the residual add): GPT-2 is pre-LN, x + attn(ln_1(x))":
+            lambda: torch_block(x, p, n_head, post_ln=True),
+        "the attention's residual connection is dropped: x = x + attn(ln_1(x))":
+            lambda: torch_block(x, p, n_head, attn_residual=False),
+    }
+    assert_close(out, hidden[1], FORWARD_ATOL, "block 0 vs HF GPT2Block", wrong=wrong)
 
 
 # ---------------------------------------------------------------- the model
@@ -326,11 +418,41 @@ def test_gpt_forward_matches_hf_gpt2(
 ) -> None:
     model = hf_model(shape)
     idx = tokens(batch, length or shape[4], shape[3])
-    logits, loss = impl.gpt_forward(idx, ours(model.state_dict()), config_for(impl, shape))
+    try:
+        logits, loss = impl.gpt_forward(idx, ours(model.state_dict()), config_for(impl, shape))
+    except ValueError as error:
+        if length is not None:
+            raise
+        pytest.fail(f"likely cause: off by one: a sequence of exactly block_size = {shape[4]} "
+                    f"tokens is allowed (T <= block_size); {error}")
     assert loss is None, "no targets: the loss must be None"
     with torch.no_grad():
         expected = model(idx).logits
-    assert_close(logits, expected, FORWARD_ATOL, f"logits vs HF GPT2LMHeadModel {shape}")
+    wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight[: idx.size(1)]
+
+    def without_final_layer_norm() -> Tensor:
+        seen: list[Tensor] = []
+        hook = model.transformer.ln_f.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        try:
+            with torch.no_grad():
+                model(idx)
+        finally:
+            hook.remove()
+        logits: Tensor = seen[0] @ wte.T
+        return logits
+
+    def with_embeddings(embeddings: Tensor) -> Tensor:  # HF adds the positions once itself
+        with torch.no_grad():
+            return model(inputs_embeds=embeddings).logits  # type: ignore[no-any-return]
+
+    wrong = {
+        "the position embeddings added twice": lambda: with_embeddings(wte[idx] + wpe),
+        "the position embeddings are missing: x = wte[idx] + wpe[:T]":
+            lambda: with_embeddings(wte[idx] - wpe),
+        "the final LayerNorm (ln_f) is missing before the LM head": without_final_layer_norm,
+    }
+    assert_close(logits, expected, FORWARD_ATOL, f"logits vs HF GPT2LMHeadModel {shape}",
+                 wrong=wrong)
 
 
 @pytest.mark.parametrize(
@@ -348,10 +470,22 @@ def test_gpt_forward_options_combined_match_hf(
     config = config_for(impl, bias=bias, dropout=dropout)
     with torch.no_grad():
         out = model(idx, labels=idx)
-    logits, loss = impl.gpt_forward(idx[:, :-1].to(dtype), params, config, idx[:, 1:].to(dtype))
-    assert_close(logits, out.logits[:, :-1], FORWARD_ATOL, f"logits, bias={bias}, {dtype}")
+    try:
+        logits, loss = impl.gpt_forward(idx[:, :-1].to(dtype), params, config,
+                                        idx[:, 1:].to(dtype))
+    except TypeError as error:
+        pytest.fail(f"likely cause: {dtype} ids rejected: int64 and int32 ids both work; {error}")
+    assert logits.shape[1] != idx.size(1) - 2, (
+        f"likely cause: the targets are shifted again inside gpt_forward: they come shifted "
+        f"(targets[:, t] is the token after idx[:, t]); logits shape {tuple(logits.shape)}"
+    )
+    assert_close(logits, out.logits[:, :-1], FORWARD_ATOL, f"logits, bias={bias}, {dtype}",
+                 hint="dropout in the forward pass: the functional pass is the eval pass, no "
+                 "dropout whatever config.dropout says" if dropout else "")
     assert loss is not None
-    assert_close(loss, out.loss, FORWARD_ATOL, f"loss, bias={bias} dropout={dropout} {dtype}")
+    assert_close(loss, out.loss, FORWARD_ATOL, f"loss, bias={bias} dropout={dropout} {dtype}",
+                 wrong={"the loss is summed over the tokens instead of averaged":
+                        out.loss * idx[:, 1:].numel()})
 
 
 @given(data=st.data())
@@ -450,7 +584,10 @@ def test_gpt_gradients_match_hf_gpt2(impl: Any) -> None:
     loss.backward()
     for name, p in params.items():
         assert p.grad is not None, f"{name} received no gradient"
-        assert_close(p.grad, expected[name], 1e-6, f"gradient of {name} vs HF")
+        assert_close(p.grad, expected[name], 1e-6, f"gradient of {name} vs HF",
+                     hint="the LM head is not tied to wte: logits = x @ wte.T with the same "
+                     "tensor, so the head's gradient reaches wte too"
+                     if name == "transformer.wte.weight" else "")
 
 
 def test_every_parameter_receives_a_gradient(impl: Any) -> None:
@@ -461,6 +598,19 @@ def test_every_parameter_receives_a_gradient(impl: Any) -> None:
     loss.backward()
     dead = [k for k, p in params.items() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not dead, f"parameters with no (or an all-zero) gradient: {dead}"
+
+
+# case: what check_idx probably misses when it lets that case through
+REJECTS = {
+    "too long": "the length is not checked against block_size (T <= block_size)",
+    "id too large": "ids are not checked against vocab_size (0 <= id < vocab_size)",
+    "negative id": "negative ids are not rejected: check idx.min() >= 0 as well as the max",
+    "float ids": "the dtype is not checked (int64 or int32 ids only)",
+    "no tokens": "an empty input is not rejected",
+    "no rows": "an empty input is not rejected",
+    "one dimension": "the shape is not checked: idx is (B, T)",
+    "not a tensor": "the type is not checked: idx is a tensor",
+}
 
 
 @pytest.mark.parametrize(
@@ -491,6 +641,7 @@ def test_gpt_forward_rejects_bad_input_naming_value_and_limit(
     }[case]
     with pytest.raises(error) as info:
         impl.gpt_forward(idx, ours(hf_model().state_dict()), config_for(impl))
+        pytest.fail(f"likely cause: {REJECTS[case]}; {case}: no {error.__name__} raised")
     missing = [w for w in words if w not in str(info.value)]
     assert not missing, f"{case}: the message {str(info.value)!r} should name {missing}"
 
@@ -572,6 +723,10 @@ def test_no_tensor_is_made_on_the_default_device(impl: Any) -> None:
 def test_init_params_has_hf_gpt2_names_and_shapes(impl: Any) -> None:
     expected = {k: tuple(v.shape) for k, v in ours(hf_model(OTHER).state_dict()).items()}
     params = impl.init_params(config_for(impl, OTHER), seed=0)
+    assert "lm_head.weight" not in params, (
+        "likely cause: an lm_head.weight of its own: GPT-2's LM head is tied to "
+        "transformer.wte.weight (the same tensor), so it is no parameter of its own"
+    )
     assert {k: tuple(v.shape) for k, v in params.items()} == expected
     assert all(v.dtype == torch.float32 for v in params.values())
 
@@ -587,7 +742,7 @@ def test_init_params_follows_gpt2_initialisation(impl: Any, n_layer: int) -> Non
     mean, and the share of entries within one std (the normal's 68.3%, not a uniform's 57.7%)."""
     config = impl.GPTConfig(block_size=64, vocab_size=512, n_layer=n_layer, n_head=4, n_embd=64)
     params = impl.init_params(config, seed=0)
-    wrong = []
+    wrong, causes = [], set()
     for name, v in params.items():
         if ".ln_" in name or name.endswith("bias"):
             value = 1.0 if ".ln_" in name and name.endswith("weight") else 0.0
@@ -600,12 +755,19 @@ def test_init_params_follows_gpt2_initialisation(impl: Any, n_layer: int) -> Non
         within = (v.abs() < std).double().mean().item()
         if abs(got_std / std - 1) > 6 / math.sqrt(2 * n):
             wrong.append(f"{name}: std {got_std:.4g}, expected {std:.4g}")
+            if name.endswith("c_proj.weight"):
+                causes.add("the residual projections (c_proj.weight) are not scaled to std "
+                           "0.02/sqrt(2·n_layer), or scaled by 1/sqrt(n_layer): each block adds "
+                           "to the residual stream twice")
         if abs(got_mean) > 6 * std / math.sqrt(n):
             wrong.append(f"{name}: mean {got_mean:.3g}, expected 0")
         p = NORMAL_WITHIN_ONE_STD
         if abs(within - p) > 6 * math.sqrt(p * (1 - p) / n):
             wrong.append(f"{name}: {within:.3f} of the entries within one std, normal: {p:.3f}")
-    assert not wrong, "not GPT-2's initialisation:\n" + "\n".join(wrong)
+            if abs(within - 1 / math.sqrt(3)) <= 6 * math.sqrt(p * (1 - p) / n):
+                causes.add("a uniform law: GPT-2 draws its weights from a normal, N(0, std)")
+    likely_causes = "".join(f"likely cause: {c}\n" for c in sorted(causes))
+    assert not wrong, likely_causes + "not GPT-2's initialisation:\n" + "\n".join(wrong)
 
 
 def test_init_params_is_reproducible_from_seed(impl: Any) -> None:
@@ -628,7 +790,11 @@ def test_gpt2_small_has_124439808_parameters(impl: Any) -> None:
     assert impl.count_parameters(impl.GPTConfig()) == count, "the defaults are GPT-2 small"
     with torch.device("meta"):  # shapes only, nothing allocated
         hf_count = GPT2LMHeadModel(GPT2Config()).num_parameters()
-    assert count == hf_count == 124_439_808, f"counted {count:,}; HF {hf_count:,}"
+    head = (
+        "likely cause: the LM head counted on its own: it is tied to wte (the same weights); "
+        if count - hf_count == config.vocab_size * config.n_embd else ""
+    )
+    assert count == hf_count == 124_439_808, f"{head}counted {count:,}; HF {hf_count:,}"
 
 
 @pytest.mark.parametrize("shape", [SMALL, OTHER], ids=["small", "other"])
@@ -696,8 +862,13 @@ def warp(name: str, param: float, logits: Tensor) -> Tensor:
 def test_top_k_keeps_the_k_largest_as_hf_warper(impl: Any, logits: Tensor, k: int) -> None:
     out = impl.top_k_filter(logits, k)
     kept = torch.isfinite(out)
+    extra = {int(n) - min(k, logits.size(-1)) for n in kept.sum(-1)}  # kept minus k, per row
+    off_by_one = {
+        1: "likely cause: one token too many kept: off by one (the k-th largest is the last)",
+        -1: "likely cause: one token too few kept: off by one (the k-th largest stays)",
+    }.get(extra.pop() if len(extra) == 1 else 0, "")
     assert torch.equal(kept, torch.isfinite(warp("top_k", k, logits))), (
-        f"top-{k} kept {kept.tolist()}"
+        f"{off_by_one + '; ' if off_by_one else ''}top-{k} kept {kept.tolist()}"
     )
     assert bool((kept.sum(-1) == min(k, logits.size(-1))).all()), (
         f"top-{k} kept {kept.sum(-1).tolist()}"
@@ -737,9 +908,13 @@ def test_top_p_keeps_exactly_the_nucleus(impl: Any, logits: Tensor, p: float) ->
     kept = torch.isfinite(impl.top_p_filter(logits, p))
     for row in range(logits.size(0)):
         mass = probs[row][kept[row]].sum().item()
-        assert mass >= p, f"row {row}: kept mass {mass:.4f} < p={p:.4f}"
+        assert mass >= p, (
+            f"likely cause: the token that crosses p dropped: keep every token whose preceding "
+            f"mass is < p; row {row}: kept mass {mass:.4f} < p={p:.4f}"
+        )
         least = probs[row][kept[row]].min().item()
         assert mass - least < p, (
+            f"likely cause: one token too many kept (the one after the token that crosses p); "
             f"row {row}: dropping the least likely kept token still leaves >= p"
         )
         if (~kept[row]).any():
@@ -760,11 +935,19 @@ def test_top_p_hand_worked_example(impl: Any) -> None:
     # 3/4. A token whose preceding mass is exactly p goes (p is reached without it).
     for p, count in [(0.25, 1), (0.5, 2), (0.75, 3), (0.76, 4)]:
         kept = int(torch.isfinite(impl.top_p_filter(torch.zeros(1, 4), p)).sum())
-        assert kept == count, f"uniform over 4, p={p}: kept {kept} tokens, expected {count}"
+        assert kept == count, (
+            f"likely cause: a token whose preceding mass is exactly p kept: p is reached without "
+            f"it (remove where the mass before it >= p); uniform over 4, p={p}: kept {kept} "
+            f"tokens, expected {count}"
+        )
     # p = 1 keeps everything, even tokens whose float32 probability rounds to nothing
     logits = torch.tensor([[30.0, 0.0, -30.0], [300.0, 200.0, 100.0]])
     kept = torch.isfinite(impl.top_p_filter(logits, 1.0))
-    assert bool(kept.all()), f"p=1 dropped {(~kept).nonzero().tolist()} of {logits.tolist()}"
+    assert bool(kept.all()), (
+        f"likely cause: float32 cumulative sums round to 1 before the last tokens: p = 1 keeps "
+        f"everything (return the logits as they are); p=1 dropped {(~kept).nonzero().tolist()} "
+        f"of {logits.tolist()}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -797,11 +980,14 @@ def test_sampling_frequencies_match_softmax_over_temperature(impl: Any, temperat
     assert ids.shape == (n,) and ids.dtype == torch.int64, f"got {tuple(ids.shape)} {ids.dtype}"
     frequencies = torch.bincount(ids, minlength=5).double() / n
     FREQUENCY_TOL = 0.015  # 20,000 draws: more than 4 standard deviations of a frequency
+    times = (logits.double() * temperature).softmax(-1)
     assert_close(
         frequencies,
         (logits.double() / temperature).softmax(-1),
         FREQUENCY_TOL,
         f"frequencies at T={temperature}",
+        hint="the logits multiplied by the temperature: divide them by it"
+        if (frequencies - times).abs().max() <= FREQUENCY_TOL else "",
     )
 
 
@@ -816,11 +1002,17 @@ def test_filters_follow_temperature_in_order_hand_worked(impl: Any) -> None:
     # top-k, then top-p on what is left: p(top 2) renormalized = [4/7, 3/7]; 4/7 >= 0.5 alone.
     # (top-p first would keep [0.4, 0.3], mass 0.4 < 0.5 before the second, then top-2: both.)
     got = drawn([0.4, 0.3, 0.2, 0.1], 1.0, top_k=2, top_p=0.5)
-    assert got == {0}, f"top_k=2 then top_p=0.5: drew {got}, only token 0 can be"
+    assert got == {0}, (
+        f"likely cause: top-p applied before top-k: top-k first, then top-p on what is left; "
+        f"top_k=2 then top_p=0.5: drew {got}, only token 0 can be"
+    )
     # temperature first: at T = 0.25 the probabilities [.5, .3, .2] become [.866, .112, .022]:
     # the nucleus of 0.6 is token 0 alone (at T = 1 it would be tokens 0 and 1).
     got = drawn([0.5, 0.3, 0.2], 0.25, top_p=0.6)
-    assert got == {0}, f"T=0.25 then top_p=0.6: drew {got}, only token 0 can be"
+    assert got == {0}, (
+        f"likely cause: the temperature applied after the filters: divide by it first, then "
+        f"top-k, then top-p; T=0.25 then top_p=0.6: drew {got}, only token 0 can be"
+    )
     got = drawn([0.5, 0.3, 0.2], 1.0, top_p=0.6)
     assert got == {0, 1}, f"T=1 then top_p=0.6: drew {got}, tokens 0 and 1 can be"
     # a tie at the k-th value stays with top-k, top-p then renormalizes over all three
@@ -1051,7 +1243,10 @@ def test_generate_keeps_the_prompt_dtype_and_allows_zero_steps(impl: Any) -> Non
     prompt = tokens(2, 3, 100, seed=8)
     wide = impl.generate(prompt, params, config, 5, temperature=0.0)
     narrow = impl.generate(prompt.int(), params, config, 5, temperature=0.0)
-    assert narrow.dtype == torch.int32, f"an int32 prompt came back as {narrow.dtype}"
+    assert narrow.dtype == torch.int32, (
+        f"likely cause: the new tokens appended in int64 (torch.cat promotes): cast them to the "
+        f"prompt's dtype; an int32 prompt came back as {narrow.dtype}"
+    )
     assert torch.equal(narrow.long(), wide), "int32 and int64 prompts generate differently"
     same = impl.generate(prompt, params, config, 0)
     assert torch.equal(same, prompt), f"max_new_tokens=0 should return the prompt: {same}"

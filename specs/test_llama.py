@@ -30,6 +30,7 @@ relative to each gradient's largest entry; bfloat16: ``BF16_TOL``.
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -43,6 +44,8 @@ from hypothesis import strategies as st
 from torch import Tensor
 from transformers.models.llama import modeling_llama as hf
 
+from specs import hints
+
 COMPONENT = "llama"
 pytestmark = pytest.mark.llama
 
@@ -51,13 +54,16 @@ BF16_TOL = 2 ** -7  # two bfloat16 ulps at 1 (8 significant bits): the float32 r
 SEEDS = st.integers(0, 2**31 - 1)
 
 
-def assert_close(actual: Tensor, expected: Tensor, what: str, tol: float = TOL) -> None:
+def assert_close(actual: Tensor, expected: Tensor, what: str, tol: float = TOL, *,
+                 wrong: hints.Wrong | None = None, hint: str = "") -> None:
+    """Shape, dtype, then values; a mismatch names the classic bug in ``wrong`` whose answer
+    ``actual`` matches (see specs/hints.py), else ``hint``."""
     assert actual.shape == expected.shape, (
         f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     )
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype}, expected {expected.dtype}"
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=0,
-                               msg=lambda m: f"{what} differs from the oracle:\n{m}")
+    hints.assert_close(actual, expected, what=f"{what} differs from the oracle", wrong=wrong,
+                       hint=hint, atol=tol, rtol=0)
 
 
 def hf_config(nh: int = 4, n_kv: int = 2, hs: int = 4, hidden: int = 24, theta: float = 100.0,
@@ -106,24 +112,47 @@ def causal_additive_mask(t: int) -> Tensor:
 def test_rms_norm_hand_worked_example(impl: Any) -> None:
     x = torch.tensor([[3.0, 4.0]])
     by_hand = torch.tensor([[3 / math.sqrt(12.5), 4 / math.sqrt(12.5)]])  # mean(x²) = 12.5
-    assert_close(impl.rms_norm(x, torch.ones(2), 0.0), by_hand, "rms_norm([3, 4], eps=0)")
+    assert_close(impl.rms_norm(x, torch.ones(2), 0.0), by_hand, "rms_norm([3, 4], eps=0)", wrong={
+        # [3, 4] - 3.5 = [-0.5, 0.5], whose root mean square is 0.5
+        "the mean is subtracted (that is LayerNorm): RMSNorm divides x itself by "
+        "sqrt(mean(x²) + eps)": torch.tensor([[-1.0, 1.0]]),
+        "the sum of squares instead of their mean: sqrt(mean(x²)), not sqrt(sum(x²))": x / 5,
+    })
     eps_inside = torch.tensor([[3 / math.sqrt(13.0), 4 / math.sqrt(13.0)]])  # 12.5 + 0.5
-    assert_close(impl.rms_norm(x, torch.ones(2), 0.5), eps_inside, "rms_norm([3, 4], eps=0.5)")
+    assert_close(impl.rms_norm(x, torch.ones(2), 0.5), eps_inside, "rms_norm([3, 4], eps=0.5)",
+                 wrong={"eps outside the square root: x / sqrt(mean(x²) + eps), not "
+                        "x / (sqrt(mean(x²)) + eps)": x / (math.sqrt(12.5) + 0.5),
+                        "eps is ignored: it goes inside the root, x / sqrt(mean(x²) + eps)":
+                        by_hand})
     scaled = impl.rms_norm(x, torch.tensor([2.0, -1.0]), 0.0)
-    assert_close(scaled, by_hand * torch.tensor([2.0, -1.0]), "rms_norm with a weight")
+    assert_close(scaled, by_hand * torch.tensor([2.0, -1.0]), "rms_norm with a weight",
+                 wrong={"the weight is ignored: multiply the normalised x by weight": by_hand})
 
 
 def test_rope_frequencies_hand_worked_example(impl: Any) -> None:
     got = impl.rope_frequencies(4, 100.0)  # 100^-(0/4), 100^-(2/4)
-    assert_close(got, torch.tensor([1.0, 0.1]), "rope_frequencies(4, theta=100)")
+    assert_close(got, torch.tensor([1.0, 0.1]), "rope_frequencies(4, theta=100)", wrong={
+        "the exponent is i/hs, not 2i/hs (torch.arange(0, head_size, 2) gives the 2i)":
+            torch.tensor([1.0, 100 ** -0.25]),
+        "the exponent's sign is flipped: ω_i = θ^(-2i/hs), 1 for pair 0, then smaller":
+            torch.tensor([1.0, 10.0]),
+        "the exponent's sign is flipped and offset (θ^(2i/hs - 1)): ω_i = θ^(-2i/hs), "
+        "1 for pair 0": torch.tensor([0.01, 0.1]),
+    })
     assert_close(impl.rope_frequencies(6, 10000.0),
                  torch.tensor([1.0, 10000 ** (-2 / 6), 10000 ** (-4 / 6)]), "rope_frequencies(6)")
 
 
 def test_rope_cache_hand_worked_example(impl: Any) -> None:
     cos, sin = impl.rope_cache(2, 3, 10000.0)  # one pair, ω = 1: angles 0, 1, 2 radians
-    assert_close(cos, torch.tensor([[1.0], [math.cos(1)], [math.cos(2)]]), "cos table")
-    assert_close(sin, torch.tensor([[0.0], [math.sin(1)], [math.sin(2)]]), "sin table")
+    angles, from_1 = torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([[1.0], [2.0], [3.0]])
+    for name, table, fn, other in (("cos", cos, torch.cos, torch.sin),
+                                   ("sin", sin, torch.sin, torch.cos)):
+        assert_close(table, fn(angles), f"{name} table", wrong={
+            "positions start at 1: they are 0 .. max_len-1 (position 0 is not turned)":
+                fn(from_1),
+            "cos and sin swapped": other(angles),
+        })
 
 
 def test_apply_rotary_hand_worked_example(impl: Any) -> None:
@@ -131,17 +160,33 @@ def test_apply_rotary_hand_worked_example(impl: Any) -> None:
         torch.tensor([[0.0], [math.sin(1)], [math.sin(2)]])
     x = torch.tensor([1.0, 0.0]).expand(1, 1, 3, 2)  # [1, 0] at positions 0, 1, 2
     want = torch.tensor([[1.0, 0.0], [math.cos(1), math.sin(1)], [math.cos(2), math.sin(2)]])
-    assert_close(impl.apply_rotary(x, cos, sin)[0, 0], want, "[1, 0] turned by 0, 1, 2 radians")
+    c, s = want[:, 0:1], want[:, 1:2]  # cos p, sin p
+    sign_flipped = "the rotation turns the wrong way (a sign flipped): the pair (a, b) becomes " \
+        "(a cos - b sin, b cos + a sin), rotate_half(x) = [-b, a]"
+    wrong_half = "the wrong half is rotated into place: a = x[..., :hs/2] (first half), " \
+        "b = x[..., hs/2:]; the pair becomes (a cos - b sin, b cos + a sin)"
+    assert_close(impl.apply_rotary(x, cos, sin)[0, 0], want, "[1, 0] turned by 0, 1, 2 radians",
+                 wrong={sign_flipped: torch.cat((c, -s), 1), wrong_half: torch.cat((-s, c), 1)})
     x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 1, 4)  # pairs (1, 3) and (2, 4)
     quarter = impl.apply_rotary(x, torch.zeros(1, 2), torch.ones(1, 2))
-    assert_close(quarter.flatten(), torch.tensor([-3.0, -4.0, 1.0, 2.0]), "a quarter turn")
+    assert_close(quarter.flatten(), torch.tensor([-3.0, -4.0, 1.0, 2.0]), "a quarter turn", wrong={
+        "pairs (2i, 2i + 1) interleaved (Meta's layout): here pair i is channels (i, i + hs/2), "
+        "Hugging Face's rotate_half": torch.tensor([-2.0, 1.0, -4.0, 3.0]),
+        sign_flipped: torch.tensor([3.0, 4.0, -1.0, -2.0]),
+        wrong_half: torch.tensor([-1.0, -2.0, 3.0, 4.0]),
+    })
 
 
 def test_swiglu_hand_worked_example(impl: Any) -> None:
     one = torch.ones(1, 1)
     got = impl.swiglu(torch.ones(1, 1), one, 2 * one, one)
     silu_1 = 1 / (1 + math.exp(-1))  # 1 * sigmoid(1) = 0.7311
-    assert_close(got, torch.tensor([[2 * silu_1]]), "swiglu(1), w_gate 1, w_up 2, w_down 1")
+    assert_close(got, torch.tensor([[2 * silu_1]]), "swiglu(1), w_gate 1, w_up 2, w_down 1", wrong={
+        "another activation than silu (gelu): SwiGLU gates with silu(z) = z·sigmoid(z)":
+            2 * F.gelu(torch.ones(1, 1)),
+        "gate and up swapped: silu goes on x @ w_gateᵀ, which multiplies x @ w_upᵀ":
+            F.silu(2 * one),
+    })
     got = impl.swiglu(torch.ones(1, 1), one, 2 * one, 3 * one)  # down scales the result
     assert_close(got, torch.tensor([[6 * silu_1]]), "swiglu(1), w_down 3")
     got = impl.swiglu(torch.ones(1, 1), 2 * one, one, one)  # gate and up are not symmetric
@@ -151,7 +196,10 @@ def test_swiglu_hand_worked_example(impl: Any) -> None:
 def test_repeat_kv_hand_worked_example(impl: Any) -> None:
     kv = torch.tensor([10.0, 20.0]).view(1, 2, 1, 1)
     got = impl.repeat_kv(kv, 2).flatten().tolist()
-    assert got == [10.0, 10.0, 20.0, 20.0], f"repeat_kv([10, 20], 2) = {got}"
+    tiled = ("likely cause: the kv heads are tiled (x.repeat): each must be repeated for its "
+             "consecutive query heads, expand on a new dim after the heads or repeat_interleave; "
+             if got == [10.0, 20.0, 10.0, 20.0] else "")
+    assert got == [10.0, 10.0, 20.0, 20.0], f"{tiled}repeat_kv([10, 20], 2) = {got}"
     assert torch.equal(impl.repeat_kv(kv, 1), kv), "n_rep = 1 must return the heads unchanged"
 
 
@@ -161,7 +209,10 @@ def test_grouped_query_attention_hand_worked_example(impl: Any) -> None:
     q = torch.zeros(1, 2, 3, 2)  # two query heads share it
     got = impl.grouped_query_attention(q, torch.randn(1, 1, 3, 2), v)
     row = torch.tensor([[1.0, 0.0], [0.5, 0.5], [4 / 3, 4 / 3]])  # mean of v[:t+1]
-    assert_close(got, row.expand(1, 2, 3, 2), "causal uniform attention")
+    assert_close(got, row.expand(1, 2, 3, 2), "causal uniform attention", wrong={
+        "no causal mask: position t sees only the keys 0 .. t (is_causal=True)":
+            torch.full((1, 2, 3, 2), 4 / 3),  # every position averages all three values
+    })
 
 
 def test_llama_attention_hand_worked_example(impl: Any) -> None:
@@ -188,7 +239,14 @@ def test_llama_block_hand_worked_example(impl: Any) -> None:
     x = torch.randn(2, 3, 16, generator=g)
     cos, sin = (half(t)[0] for t in hf_rotary(layer.self_attn.config, torch.arange(3)[None]))
     got = impl.llama_block(x, weights, cos, sin, 4, 2, 1e-5)
-    assert_close(got, x, "a block whose sub-blocks write nothing")
+    with torch.no_grad():
+        post_norm = layer.post_attention_layernorm(layer.input_layernorm(x))
+    assert_close(got, x, "a block whose sub-blocks write nothing", wrong={
+        "post-norm: the sum x + attn(x) is normalised; Llama normalises each sub-block's input "
+        "and adds its output to the residual stream": post_norm,
+        "the feed-forward's output replaces the residual stream: add it, x + swiglu(...)":
+            torch.zeros_like(x),
+    })
 
 
 def test_rope_frequencies_reject_odd_head_sizes(impl: Any) -> None:
@@ -236,7 +294,9 @@ def test_rms_norm_bfloat16_matches_hf_within_its_rounding(impl: Any, c: int, see
     with torch.no_grad():
         want = norm(x)
     got = impl.rms_norm(x, weight, 1e-5)
-    assert got.dtype == torch.bfloat16, f"rms_norm of bfloat16 returned {got.dtype}"
+    assert got.dtype == torch.bfloat16, (
+        f"rms_norm of bfloat16 returned {got.dtype}: likely cause: the float32 result is not "
+        "cast back to x's dtype (.to(x.dtype), before the weight multiplies it)")
     torch.testing.assert_close(got.float(), want.float(), atol=BF16_TOL * 4, rtol=BF16_TOL,
                                msg=lambda m: f"rms_norm in bfloat16 (C={c}):\n{m}")
 
@@ -279,8 +339,14 @@ def test_apply_rotary_matches_hf_apply_rotary_pos_emb(impl: Any, b: int, nh: int
     want_q, want_k = hf.apply_rotary_pos_emb(q, k, cos, sin)
     ours_cos, ours_sin = (half(c) if per_row else half(c)[0] for c in (cos, sin))
     what = f"apply_rotary(B={b}, nh={nh}, T={t}, hs={hs}, per_row={per_row})"
-    assert_close(impl.apply_rotary(q, ours_cos, ours_sin), want_q, f"{what} on q")
-    assert_close(impl.apply_rotary(k, ours_cos, ours_sin), want_k, f"{what} on k")
+    # row 0's positions for every row: what ignoring a (B, T, hs/2) table's rows gives
+    row_0 = hf.apply_rotary_pos_emb(q, k, cos[:1].expand_as(cos), sin[:1].expand_as(sin))
+    ignored = "the rows of a (B, T, hs/2) table are ignored: each row of x turns by its own " \
+        "positions (cos[:, None] puts the head axis in place)"
+    assert_close(impl.apply_rotary(q, ours_cos, ours_sin), want_q, f"{what} on q",
+                 wrong={ignored: row_0[0]} if per_row else None)
+    assert_close(impl.apply_rotary(k, ours_cos, ours_sin), want_k, f"{what} on k",
+                 wrong={ignored: row_0[1]} if per_row else None)
 
 
 @given(half_hs=st.integers(1, 6), t=st.integers(1, 9), seed=SEEDS)
@@ -294,7 +360,9 @@ def test_apply_rotary_bfloat16_matches_hf_and_keeps_its_dtype(impl: Any, half_hs
     cos, sin = hf_rotary(hf_config(nh=1, n_kv=1, hs=hs), torch.arange(t).expand(2, t))
     want, _ = hf.apply_rotary_pos_emb(q, q, cos.bfloat16(), sin.bfloat16())
     got = impl.apply_rotary(q, half(cos)[0], half(sin)[0])
-    assert got.dtype == torch.bfloat16, f"apply_rotary of bfloat16 returned {got.dtype}"
+    assert got.dtype == torch.bfloat16, (
+        f"apply_rotary of bfloat16 returned {got.dtype}: likely cause: the float32 cos/sin "
+        "tables are not cast to x's dtype (cos.to(x.dtype))")
     torch.testing.assert_close(got.float(), want.float(), atol=BF16_TOL * 4, rtol=BF16_TOL,
                                msg=lambda m: f"apply_rotary in bfloat16 (hs={hs}, T={t}):\n{m}")
 
@@ -362,8 +430,19 @@ def test_grouped_query_attention_matches_torch_sdpa_enable_gqa(
     q = torch.randn(b, nh, t, hs, generator=g)
     k, v = (torch.randn(b, n_kv, t, hs, generator=g) for _ in range(2))
     want = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    n_rep = nh // n_kv
     assert_close(impl.grouped_query_attention(q, k, v), want,
-                 f"grouped_query_attention(B={b}, nh={nh}, n_kv={n_kv}, T={t}, hs={hs})")
+                 f"grouped_query_attention(B={b}, nh={nh}, n_kv={n_kv}, T={t}, hs={hs})", wrong={
+        "the scores are scaled by 1/hs: attention's scale is 1/sqrt(hs)":
+            lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                                   scale=1 / hs),
+        "no causal mask (is_causal=True)":
+            lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+        "the kv heads are tiled (x.repeat): kv head j serves the consecutive query heads "
+        "j*n_rep .. (j+1)*n_rep - 1":
+            lambda: F.scaled_dot_product_attention(q, k.repeat(1, n_rep, 1, 1),
+                                                   v.repeat(1, n_rep, 1, 1), is_causal=True),
+    })
 
 
 @given(shape=gqa_shapes(), seed=SEEDS, data=st.data())
@@ -382,6 +461,28 @@ def test_grouped_query_attention_is_causal(impl: Any, shape: tuple[int, int, int
     before = impl.grouped_query_attention(q, k, v)[:, :, : cut + 1]
     after = impl.grouped_query_attention(q, k2, v2)[:, :, : cut + 1]
     assert_close(after, before, f"outputs up to {cut} after changing later keys and values")
+
+
+def attention_with_bug(x: Tensor, w: dict[str, Tensor], cos: Tensor, sin: Tensor, nh: int,
+                       n_kv: int, *, rotate_k: bool = True, rotate_v: bool = False,
+                       plain_split: bool = False) -> Tensor:
+    """What llama_attention gives with a classic bug, built from Hugging Face's pieces
+    (``apply_rotary_pos_emb`` on its (B, T, hs) tables, ``repeat_kv``) and torch's SDPA."""
+    B, T, _ = x.shape
+    hs = w["q_proj.weight"].shape[0] // nh
+
+    def split(t: Tensor, heads: int) -> Tensor:  # (B, T, heads·hs) -> (B, heads, T, hs)
+        return t.reshape(B, heads, T, hs) if plain_split else t.view(B, T, heads, hs).transpose(1, 2)
+
+    q, k, v = (split(x @ w[f"{n}_proj.weight"].T, heads)
+               for n, heads in (("q", nh), ("k", n_kv), ("v", n_kv)))
+    q, k_turned = hf.apply_rotary_pos_emb(q, k, cos, sin)
+    k = k_turned if rotate_k else k
+    if rotate_v:
+        v, _ = hf.apply_rotary_pos_emb(v, v, cos, sin)
+    k, v = hf.repeat_kv(k, nh // n_kv), hf.repeat_kv(v, nh // n_kv)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+    return y.transpose(1, 2).reshape(B, T, nh * hs) @ w["o_proj.weight"].T
 
 
 def _attention_case(nh: int, n_kv: int, hs: int, t: int, seed: int) -> tuple[Any, ...]:
@@ -406,7 +507,18 @@ def test_llama_attention_matches_hf_llama_attention(impl: Any,
                             attention_mask=causal_additive_mask(t + 1))
     got = impl.llama_attention(x, half(cos)[0], half(sin)[0], w["q_proj.weight"],
                                w["k_proj.weight"], w["v_proj.weight"], w["o_proj.weight"], nh, n_kv)
-    assert_close(got, want, f"llama_attention(nh={nh}, n_kv={n_kv}, T={t + 1}, hs={hs})")
+
+    def bug(**kwargs: bool) -> Any:
+        return lambda: attention_with_bug(x, w, cos, sin, nh, n_kv, **kwargs)
+
+    assert_close(got, want, f"llama_attention(nh={nh}, n_kv={n_kv}, T={t + 1}, hs={hs})", wrong={
+        "rotary applied to v: only q and k are rotated (positions belong in the scores, "
+        "not in the values)": bug(rotate_v=True),
+        "k is not rotated: rotate both q and k, so that q·k sees their relative position":
+            bug(rotate_k=False),
+        "heads split by a plain reshape to (B, nh, T, hs): .view(B, T, nh, hs).transpose(1, 2) "
+        "keeps each token's channels together": bug(plain_split=True),
+    })
 
 
 @given(shape=gqa_shapes(), eps=st.sampled_from([1e-6, 1e-5]), seed=SEEDS)
@@ -423,7 +535,26 @@ def test_llama_block_matches_hf_decoder_layer(impl: Any, shape: tuple[int, int, 
     with torch.no_grad():
         want = layer(x, attention_mask=causal_additive_mask(t), position_embeddings=(cos, sin))
     got = impl.llama_block(x, weights, half(cos)[0], half(sin)[0], nh, n_kv, eps)
-    assert_close(got, want, f"llama_block(nh={nh}, n_kv={n_kv}, T={t}, hs={hs}, eps={eps})")
+
+    def with_norms(first: str, second: str) -> Any:
+        """HF's layer with its two norm weights taken from ``weights[first]``, ``[second]``."""
+        def run() -> Tensor:
+            bugged = copy.deepcopy(layer)
+            with torch.no_grad():
+                bugged.input_layernorm.weight.copy_(weights[first])
+                bugged.post_attention_layernorm.weight.copy_(weights[second])
+                out: Tensor = bugged(x, attention_mask=causal_additive_mask(t),
+                                     position_embeddings=(cos, sin))
+                return out
+        return run
+
+    n1, n2 = "input_layernorm.weight", "post_attention_layernorm.weight"
+    assert_close(got, want, f"llama_block(nh={nh}, n_kv={n_kv}, T={t}, hs={hs}, eps={eps})", wrong={
+        "the two norm weights swapped: input_layernorm before attention, "
+        "post_attention_layernorm before the MLP": with_norms(n2, n1),
+        "one norm weight for both sub-blocks: post_attention_layernorm normalises the MLP's "
+        "input": with_norms(n1, n1),
+    })
 
 
 def test_llama_block_gradients_match_hf_autograd(impl: Any) -> None:

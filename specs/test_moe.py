@@ -45,6 +45,8 @@ from transformers.models.mixtral.modeling_mixtral import (
     load_balancing_loss_func,
 )
 
+from specs import hints
+
 COMPONENT = "moe"
 pytestmark = pytest.mark.moe
 
@@ -56,14 +58,15 @@ BF16_TOL = 3e-2  # a few bfloat16 ulps of O(1) outputs
 Expert = Callable[[Tensor], Tensor]
 
 
-def assert_close(actual: Tensor, expected: Tensor, what: str, tol: float = TOL) -> None:
+def assert_close(actual: Tensor, expected: Tensor, what: str, tol: float = TOL, *,
+                 wrong: hints.Wrong | None = None, hint: str = "") -> None:
+    """Shape, then values in float64; a mismatch names the classic bug in ``wrong`` whose
+    answer ``actual`` matches (see specs/hints.py), else ``hint``."""
     assert actual.shape == expected.shape, (
         f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     )
-    torch.testing.assert_close(
-        actual.double(), expected.double(), atol=tol, rtol=0,
-        msg=lambda m: f"{what} differs from the oracle beyond atol={tol}:\n{m}",
-    )
+    hints.assert_close(actual.double(), expected.double(), wrong=wrong, hint=hint,
+                       what=f"{what} differs from the oracle beyond atol={tol}", atol=tol, rtol=0)
 
 
 def mixtral_block(n_embd: int, hidden: int, n_experts: int, top_k: int, seed: int,
@@ -112,6 +115,49 @@ def dense_mixture(x: Tensor, weights: Tensor, indices: Tensor, experts: list[Exp
     return (dense.unsqueeze(-1) * outs).sum(dim=1)
 
 
+def mixture_with_bug(x: Tensor, weights: Tensor, indices: Tensor, experts: list[Expert], *,
+                     unweighted: bool = False, shift: int = 0, first_slot: bool = False) -> Tensor:
+    """What moe_forward gives with a classic bug, token by token: the weights left out, each
+    choice sent to the next expert, or every choice weighted by the token's first weight."""
+    rows = []
+    for n in range(x.size(0)):
+        row = torch.zeros_like(x[n])
+        for j in range(indices.size(1)):
+            expert = experts[(int(indices[n, j]) + shift) % len(experts)]
+            w = 1.0 if unweighted else float(weights[n, 0 if first_slot else j])
+            row = row + w * expert(x[n:n + 1])[0]
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def forward_bugs(x: Tensor, weights: Tensor, indices: Tensor,
+                 experts: list[Expert]) -> hints.Wrong:
+    def bug(**kwargs: Any) -> Callable[[], Tensor]:
+        return lambda: mixture_with_bug(x, weights, indices, experts, **kwargs)
+
+    return {
+        "the router weights are not applied: each expert's output is multiplied by the "
+        "token's weight for that expert": bug(unweighted=True),
+        "tokens dispatched to the wrong expert: expert e runs on the tokens whose indices == e":
+            bug(shift=1),
+        "every choice weighted by the first slot's weight: use weights[token, slot], the slot "
+        "where the token chose this expert": bug(first_slot=True),
+    }
+
+
+def hf_input_gradient(hf: MixtralSparseMoeBlock, x: Tensor, probe: Tensor, *,
+                      detach_weights: bool = False, detach_inputs: bool = False) -> Tensor:
+    """The gradient of HF's (output · probe) for x, with a classic bug: the router weights or
+    the experts' inputs cut from the graph (``autograd.grad``: HF's own gradients untouched)."""
+    x = x.clone().requires_grad_()
+    flat = x.view(-1, x.size(-1))
+    _, weights, indices = hf.gate(flat)
+    y = hf.experts(flat.detach() if detach_inputs else flat, indices,
+                   weights.detach() if detach_weights else weights)
+    (grad,) = torch.autograd.grad((y.view(probe.shape) * probe).sum(), x)
+    return grad
+
+
 @st.composite
 def routed_tokens(draw: Any) -> tuple[Tensor, int, int]:
     """Router logits (N, E) for 0-12 tokens; the first ``starved`` experts are never chosen."""
@@ -132,9 +178,24 @@ def test_route_hand_worked_example(impl: Any) -> None:
     logits = torch.tensor([[0.0, 1.0, 0.5, 3.0]])
     weights, indices = impl.route(logits, 2)
     sigma = math.exp(2) / (math.exp(2) + 1)  # e^3 / (e^3 + e^1)
-    assert indices.tolist() == [[3, 1]] and indices.dtype == torch.int64
-    assert weights.dtype == torch.float32
-    assert_close(weights, torch.tensor([[sigma, 1 - sigma]]), "route's weights, k = 2")
+    cause = hints.likely(indices, {
+        "the k smallest are picked: topk (largest=True) keeps the k most probable experts":
+            logits.topk(2, largest=False).indices,
+        "the softmax runs over the tokens (dim 0): it is over the experts, the last dim":
+            torch.softmax(logits, dim=0).topk(2).indices,
+    })
+    assert indices.tolist() == [[3, 1]], (
+        f"{cause + '; ' if cause else ''}experts {indices.tolist()}, want [[3, 1]] (largest first)")
+    assert indices.dtype == torch.int64, f"indices are {indices.dtype}, not int64 (topk's)"
+    assert weights.dtype == torch.float32, (
+        f"route's weights are {weights.dtype}: likely cause: the softmax is not taken in float32 "
+        "(F.softmax(logits.float(), dim=-1))")
+    assert_close(weights, torch.tensor([[sigma, 1 - sigma]]), "route's weights, k = 2", wrong={
+        "the top-k weights are not renormalised: divide them by their sum (Mixtral's router; "
+        "Switch's would not)": torch.softmax(logits, dim=-1).topk(2).values,
+        "no softmax: the weights are the softmax probabilities over all E experts, then "
+        "renormalised": torch.tensor([[0.75, 0.25]]),  # the logits 3 and 1 over their sum
+    })
     weights, indices = impl.route(logits, 1)
     assert indices.tolist() == [[3]]
     assert_close(weights, torch.tensor([[1.0]]), "route's weight, k = 1 (renormalised)")
@@ -156,7 +217,9 @@ def test_route_matches_hf_mixtral_router(
         router.weight.copy_(torch.eye(n_experts))
     hf_logits, hf_weights, hf_indices = router(logits.to(dtype))
     weights, indices = impl.route(hf_logits, top_k)
-    assert weights.dtype == torch.float32, f"route's weights are {weights.dtype}, not float32"
+    assert weights.dtype == torch.float32, (
+        f"route's weights are {weights.dtype}, not float32: likely cause: the softmax runs in "
+        "the logits' dtype (F.softmax(logits.float(), dim=-1))")
     assert torch.equal(indices, hf_indices), f"experts {indices.tolist()} != HF's {hf_indices.tolist()}"
     assert_close(weights, hf_weights, "route's weights vs HF's router")
     weights, indices = impl.route(hf_logits.view(1, -1, n_experts), top_k)  # (B, T, E)
@@ -175,15 +238,16 @@ def test_moe_forward_hand_worked_example(impl: Any) -> None:
     # top-2: token 0: 0.75 * 2 + 0.25 * -1 = 1.25; token 1: 0.25 * 6 + 0.75 * -3 = -0.75
     weights, indices = impl.route(logits, 2)
     assert_close(impl.moe_forward(x, weights, indices, experts), torch.tensor([[1.25], [-0.75]]),
-                 "top-2 output")
+                 "top-2 output", wrong=forward_bugs(x, weights, indices, experts))
     # top-1, renormalised: weight 1 each: token 0 -> 2 * 1 = 2, token 1 -> -3
     weights, indices = impl.route(logits, 1)
     assert_close(impl.moe_forward(x, weights, indices, experts), torch.tensor([[2.0], [-3.0]]),
-                 "top-1 output")
+                 "top-1 output", wrong=forward_bugs(x, weights, indices, experts))
     # explicit weights and indices, as in the docstring: 0.75 * 2 + 0.25 * -1 and 1.0 * -3
-    y = impl.moe_forward(x, torch.tensor([[0.75, 0.25], [1.0, 0.0]]),
-                         torch.tensor([[0, 1], [1, 0]]), experts)
-    assert_close(y, torch.tensor([[1.25], [-3.0]]), "output with given weights")
+    weights, indices = torch.tensor([[0.75, 0.25], [1.0, 0.0]]), torch.tensor([[0, 1], [1, 0]])
+    y = impl.moe_forward(x, weights, indices, experts)
+    assert_close(y, torch.tensor([[1.25], [-3.0]]), "output with given weights",
+                 wrong=forward_bugs(x, weights, indices, experts))
 
 
 @given(case=routed_tokens(), c=st.integers(1, 6), seed=st.integers(0, 2**31 - 1),
@@ -199,7 +263,9 @@ def test_moe_forward_matches_a_dense_reference(
         weights = weights / weights.sum(-1, keepdim=True)
     experts = tensor_experts(n_experts, c, g)
     y = impl.moe_forward(x, weights, indices, experts)
-    assert y.dtype == x.dtype, f"moe_forward returned {y.dtype} for {x.dtype} tokens"
+    assert y.dtype == x.dtype, (
+        f"moe_forward returned {y.dtype} for {x.dtype} tokens: likely cause: the output is not "
+        "in x's dtype (start from torch.zeros_like(x), cast the weights to x.dtype)")
     assert_close(y, dense_mixture(x, weights, indices, experts), "moe_forward vs the dense mixture")
 
 
@@ -226,14 +292,21 @@ def test_moe_layer_matches_hf_mixtral_sparse_moe_block(
     (y_hf * probe).sum().backward()
     assert hf.gate.weight.grad is not None and hf.experts.gate_up_proj.grad is not None
     assert hf.experts.down_proj.grad is not None and x_ours.grad is not None
-    assert_close(x_ours.grad, x_hf.grad, "gradient of the input")
+    assert_close(x_ours.grad, x_hf.grad, "gradient of the input", wrong={
+        "the router weights are detached (or made under no_grad): the router learns through "
+        "them": lambda: hf_input_gradient(hf, x, probe, detach_weights=True),
+        "the experts' inputs are detached: the gradient reaches x through the experts too":
+            lambda: hf_input_gradient(hf, x, probe, detach_inputs=True),
+    })
     assert_close(ours.gate.weight.grad, hf.gate.weight.grad, "gradient of the router")
     for e, expert in enumerate(ours.experts):
         gate, up = hf.experts.gate_up_proj.grad[e].chunk(2, dim=0)
         for name, expected in [("gate_proj", gate), ("up_proj", up),
                                ("down_proj", hf.experts.down_proj.grad[e])]:
             grad = getattr(expert, name).weight.grad
-            assert grad is not None, f"expert {e}'s {name} got no gradient (not even zeros)"
+            assert grad is not None, (
+                f"expert {e}'s {name} got no gradient (not even zeros): likely cause: an expert "
+                "no token chose is skipped; run every expert, on an empty batch if need be")
             assert_close(grad, expected, f"gradient of expert {e}'s {name}")
 
 
@@ -299,10 +372,20 @@ def test_load_balancing_loss_hand_worked_example(impl: Any) -> None:
     # both tokens pick expert 0: f = [1, 0], P = [0.75, 0.25]: 2 * 0.75 = 1.5
     loss = impl.load_balancing_loss(torch.tensor([[ln3, 0.0], [ln3, 0.0]]), 2, 1)
     assert loss.dim() == 0 and loss.dtype == torch.float32
-    assert_close(loss, torch.tensor(1.5), "loss, both tokens on expert 0")
+    assert_close(loss, torch.tensor(1.5), "loss, both tokens on expert 0", wrong={
+        "the loss is missing (0): it is E · sum_e f_e·P_e": torch.tensor(0.0),
+        "the factor E (n_experts) is missing: the loss is E · sum_e f_e·P_e": torch.tensor(0.75),
+        "the sign is flipped: the loss is +E · sum_e f_e·P_e, smallest when balanced":
+            torch.tensor(-1.5),
+        "f_e taken from the softmax: f_e is the fraction of the top-k choices (a one-hot count); "
+        "only P_e is a mean probability": torch.tensor(1.25),  # 2 * (0.75² + 0.25²)
+    })
     # top-2 of 2: f = [1, 1], P = [0.75, 0.25]: 2 * (0.75 + 0.25) = 2 = k
     loss = impl.load_balancing_loss(torch.tensor([[ln3, 0.0], [ln3, 0.0]]), 2, 2)
-    assert_close(loss, torch.tensor(2.0), "loss, top-2 of 2 experts")
+    assert_close(loss, torch.tensor(2.0), "loss, top-2 of 2 experts", wrong={
+        "only each token's first choice is counted: f_e sums the one-hot over all k slots "
+        "(sum_e f_e = k)": torch.tensor(1.5),
+    })
     # one token each way: f = [0.5, 0.5], P = [0.5, 0.5]: 2 * 0.5 = 1 (balanced)
     loss = impl.load_balancing_loss(torch.tensor([[ln3, 0.0], [0.0, ln3]]), 2, 1)
     assert_close(loss, torch.tensor(1.0), "loss, balanced")
@@ -313,7 +396,9 @@ def test_load_balancing_loss_hand_worked_example(impl: Any) -> None:
                  torch.tensor([[1.0, 0.0]], dtype=torch.float64)]:
         masked = impl.load_balancing_loss(layers, 2, 1, attention_mask=mask)
         assert masked.dtype == torch.float32, f"a {mask.dtype} mask gave a {masked.dtype} loss"
-        assert_close(masked, torch.tensor(1.5), f"loss with token 1 masked out ({mask.dtype})")
+        assert_close(masked, torch.tensor(1.5), f"loss with token 1 masked out ({mask.dtype})",
+                     wrong={"the attention mask is ignored: padding tokens count in neither "
+                            "f_e nor P_e": torch.tensor(1.0)})
 
 
 @st.composite
@@ -341,7 +426,12 @@ def test_load_balancing_loss_matches_hf(
     given_layers = list(layers) if as_list else layers
     loss = impl.load_balancing_loss(given_layers, n_experts, top_k, attention_mask=mask)
     assert loss.dim() == 0, f"the loss has shape {tuple(loss.shape)}, not a scalar"
-    assert_close(loss, expected, "load_balancing_loss vs HF's load_balancing_loss_func", tol=1e-6)
+    assert_close(loss, expected, "load_balancing_loss vs HF's load_balancing_loss_func", tol=1e-6,
+                 wrong={"one loss per layer, averaged: the layers' tokens are pooled into one "
+                        "set (HF concatenates them) before f_e and P_e": lambda: torch.stack([
+                            torch.as_tensor(load_balancing_loss_func((layer,), n_experts, top_k,
+                                                                     mask))
+                            for layer in layers]).mean()})
     if len(layers) == 1:  # a single tensor is one layer
         single = impl.load_balancing_loss(layers[0], n_experts, top_k, attention_mask=mask)
         assert_close(single, expected, "load_balancing_loss of one tensor", tol=1e-6)
@@ -354,7 +444,11 @@ def test_load_balancing_loss_gradient_matches_hf(
     layers, n_experts, top_k, mask = case
     ours = tuple(t.clone().requires_grad_() for t in layers)
     theirs = tuple(t.clone().requires_grad_() for t in layers)
-    impl.load_balancing_loss(ours, n_experts, top_k, attention_mask=mask).backward()
+    loss = impl.load_balancing_loss(ours, n_experts, top_k, attention_mask=mask)
+    assert loss.requires_grad, (
+        "the loss has no gradient: likely cause: it is cut from the graph (P_e detached or made "
+        "under no_grad); its gradient flows through P_e, the mean probability")
+    loss.backward()
     expected = load_balancing_loss_func(theirs, n_experts, top_k, mask)
     assert isinstance(expected, Tensor)
     expected.backward()

@@ -37,6 +37,8 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from specs import hints
+
 COMPONENT = "muon"
 pytestmark = pytest.mark.muon
 
@@ -73,15 +75,46 @@ def test_muon_step_matches_torch_optim_muon(
     param = torch.randn(shape, generator=g)
     grads = [torch.randn(shape, generator=g) for _ in range(3)]
     lr, momentum = 0.02, 0.9
-    expected, expected_buf = torch_muon(param, grads, lr=lr, weight_decay=weight_decay,
-                                        momentum=momentum, nesterov=nesterov)
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
+                              "nesterov": nesterov}
+    expected, expected_buf = torch_muon(param, grads, **kwargs)
     p, buf = param.clone(), torch.zeros(shape)
     for grad in grads:
         impl.muon_step(p, grad, buf, lr=lr, weight_decay=weight_decay, momentum=momentum,
                        nesterov=nesterov)
-    torch.testing.assert_close(buf, expected_buf, atol=1e-6, rtol=0)  # float32 lerps
-    step = lr * math.sqrt(max(1.0, shape[0] / shape[1]))
-    torch.testing.assert_close(p, expected, atol=3 * step * BF16_ULPS, rtol=0)  # bfloat16 NS: BF16_ULPS per update, times its step
+    summed = torch.zeros(shape)
+    for grad in grads:
+        summed = momentum * summed + grad
+    hints.assert_close(buf, expected_buf, what="the momentum buffer", wrong={
+        "the momentum buffer is not updated in place: momentum_buffer.lerp_(grad, 1 - momentum), "
+        "not lerp": torch.zeros(shape),
+        "momentum summed (SGD's m·buf + grad): Muon's is an average, "
+        "buf ← m·buf + (1 - m)·grad": summed,
+    }, atol=1e-6, rtol=0)  # float32 lerps
+    assert torch.isfinite(p).all(), (
+        "the parameter is not finite: likely cause: Newton–Schulz diverged; divide the update by "
+        "its Frobenius norm first (it bounds the largest singular value; the largest entry does "
+        "not), and the quintic's coefficients are (3.4445, -4.7750, 2.0315), b negative")
+    adjust = math.sqrt(max(1.0, shape[0] / shape[1]))
+    step = lr * adjust
+
+    def bug(**changes: Any) -> Any:
+        """torch.optim.Muon with a classic bug's settings."""
+        return lambda: torch_muon(param, grads, **{**kwargs, **changes})[0]
+
+    hints.assert_close(p, expected, what="the parameter after 3 Muon steps", wrong={
+        "nesterov is ignored: with nesterov=True the update is grad.lerp(buf, momentum)":
+            bug(nesterov=False),
+        "the step is not scaled by sqrt(max(1, A/B)): a tall matrix moves lr·sqrt(A/B)":
+            bug(lr=lr / adjust, weight_decay=weight_decay * adjust),
+        "the weight decay uses the adjusted lr: decay with the plain lr, "
+        "param·(1 - lr·weight_decay)": bug(weight_decay=weight_decay * adjust),
+        "the update is orthogonalised from the gradient, not from the momentum "
+        "(nesterov: grad.lerp(buf, momentum), else buf)": bug(momentum=0.0),
+        "cubic Newton–Schulz coefficients: Muon's quintic is (a, b, c) = "
+        "(3.4445, -4.7750, 2.0315)": bug(ns_coefficients=(1.5, -0.5, 0.0)),
+        "one Newton–Schulz step too few: run ns_steps (5) steps": bug(ns_steps=4),
+    }, atol=3 * step * BF16_ULPS, rtol=0)  # bfloat16 NS: BF16_ULPS per update, times its step
 
 
 @pytest.mark.parametrize("ns_steps, eps", [(3, 1e-7), (5, 1.0)])
@@ -156,8 +189,11 @@ def test_newton_schulz_is_transpose_equivariant_and_scale_invariant(
     assert out.shape == (rows, cols) and out.dtype == dtype
     if rows != cols:  # one of the two is worked on transposed: the same products, same bits
         # (a square one is not, and five steps amplify its different roundings)
-        torch.testing.assert_close(impl.newton_schulz(grad.T, dtype=dtype), out.T, atol=0,
-                                   rtol=0)
+        torch.testing.assert_close(
+            impl.newton_schulz(grad.T, dtype=dtype), out.T, atol=0, rtol=0,
+            msg=lambda m: "newton_schulz(gᵀ) is not newton_schulz(g)ᵀ: likely cause: a tall "
+            "matrix is not worked on as its transpose (x = x.T when A > B, transposed back at "
+            f"the end)\n{m}")
     scaled = impl.newton_schulz(grad * 2.0**power, dtype=dtype)  # exact scaling: same bits
     torch.testing.assert_close(scaled, out, atol=0, rtol=0)
 

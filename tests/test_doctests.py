@@ -1,5 +1,6 @@
 """The docstrings' examples are true: every ``>>>`` example in the library, the worked
-solutions and the specs' hint helper runs as a doctest in the default test run (the learner's worked examples included).
+solutions and the specs' hint helper runs as a doctest in the default test run (the learner's
+worked examples included).
 
 Examples that use GPT-2's ranks file find its path in the global ``GPT2_RANKS`` (the shared test
 data); they run with the project's root as the working directory.
@@ -15,12 +16,15 @@ import pytest
 
 from tests.outcomes import ROOT
 
-MODULES = sorted(
-    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-    for package in ("reference", "solutions")
-    for p in (ROOT / package).rglob("*.py")
-    if "__pycache__" not in p.parts and p.name != "__main__.py"
-) + ["specs.hints"]  # the specs' one helper module with examples
+MODULES = [
+    *sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for package in ("reference", "solutions")
+        for p in (ROOT / package).rglob("*.py")
+        if "__pycache__" not in p.parts and p.name != "__main__.py"
+    ),
+    "specs.hints",  # the specs' one helper module with examples
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

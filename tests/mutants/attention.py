@@ -175,6 +175,34 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "gpt2_not_causal": {"causal_self_attention": _csa(is_causal=False)},
 }
 
+# Hints that teach: for each classic bug, the cause (a regex, case-insensitive) that the first
+# spec test to catch it must name in its failure message (tests/test_mutants.py).
+HINTS: dict[str, str] = {
+    "no_scale": r"no 1/sqrt\(d\) scale",
+    "scale_by_1_over_d": r"1/d instead of 1/sqrt\(d\)",
+    "no_causal_mask": r"causal mask is not applied",
+    "causal_mask_excludes_diagonal": r"hides the diagonal",
+    "causal_mask_bottom_right_aligned": r"bottom-right.*top-left",
+    "causal_mask_made_on_the_cpu": r"without device=",
+    "mask_inverted": r"mask is inverted",
+    "mask_ignored_when_causal": r"mask is ignored when is_causal",
+    "mask_or_causal_instead_of_and": r"mask \| causal instead of mask & causal",
+    "mask_fill_minus_1e9": r"-1e9.*-inf",
+    "softmax_over_queries_axis": r"over the queries.*over the keys",
+    "softmax_without_max_subtraction": r"overflow.*subtract the max",
+    "softmax_nan_on_fully_masked_rows": r"all -inf row.*NaN",
+    "softmax_upcasts_to_float32": r"dtype changed",
+    "sdpa_detaches_the_weights": r"no gradient reaches.*detach",
+    "split_heads_plain_reshape": r"plain reshape to \(B, nh, T, hs\)",
+    "split_heads_interleaved": r"heads interleaved",
+    "merge_heads_plain_reshape": r"without the transpose back",
+    "mha_missing_out_proj_bias": r"output projection's bias is missing",
+    "mha_qkv_chunks_swapped": r"chunks .* are swapped",
+    "mha_values_from_key_input": r"values are projected from the key input",
+    "gpt2_heads_split_before_qkv": r"heads split before q, k, v",
+    "gpt2_not_causal": r"not causal",
+}
+
 # Survivors of scripts/mutation.py that no test can tell from the solution, and why.
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("softmax", "m = torch.where(m == -math.inf, 1.0, m)"):

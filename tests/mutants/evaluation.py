@@ -203,6 +203,30 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "ece_signed_gaps": {"calibration": _calibration(signed=True)},
 }
 
+# Hints that teach (tests/test_mutants.py): the cause, in a learner's words, that the first spec
+# test failing on each of these classic bugs must name (a case-insensitive regex).
+HINTS: dict[str, str] = {
+    "average_per_window": r"mean NLLs are averaged",
+    "overlap_counted_twice": r"overlap is scored again",
+    "ppl_log_base_2": r"base 2",
+    "bits_per_byte_in_nats": r"left in nats",
+    "target_shift_off_by_one": r"targets are not shifted",
+    "acc_norm_by_tokens": r"divides by the tokens",
+    "ece_bins_weighted_equally": r"weighted equally",
+    "target_shift_by_two": r"shifted by two",
+    "window_first_token_dropped": r"lost at the window boundaries",
+    "stride_ignored": r"stride is ignored",
+    "windows_always_disjoint": r"disjoint whatever the stride",
+    "windows_one_too_many": r"windows run to N",
+    "bits_per_byte_times_ln2": r"multiplied by ln 2",
+    "word_ppl_by_tokens": r"divided by the tokens",
+    "bytes_are_characters": r"characters are counted, not the UTF-8 bytes",
+    "loglikelihood_reads_the_target_too": r"reads the last continuation token",
+    "loglikelihood_cut_to_block_size": r"block_size \+ 1",
+    "acc_norm_picks_the_lowest": r"picks the lowest",
+    "ece_bins_by_rounding": r"by rounding",
+    "ece_signed_gaps": r"gaps are signed",
+}
 
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("perplexity",

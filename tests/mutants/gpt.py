@@ -450,6 +450,49 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "generate_restarts_the_generator": {"generate": _generate(restart_generator=True)},
 }
 
+# Hints that teach: for each classic bug, the cause (a regex, case-insensitive) that the first
+# spec test to catch it must name in its failure message (tests/test_mutants.py).
+HINTS: dict[str, str] = {
+    "layer_norm_unbiased_variance": r"unbiased variance",
+    "layer_norm_eps_outside_sqrt": r"eps added outside the square root",
+    "layer_norm_one_pass_variance": r"one-pass variance",
+    "layer_norm_shift_only_with_scale": r"shift \(bias\) applied only with a scale",
+    "gelu_exact_erf": r"exact erf GELU",
+    "gelu_tanh_from_exp_overflows": r"overflows",
+    "sinusoidal_sin_cos_swapped": r"sin and cos swapped",
+    "sinusoidal_wrong_frequencies": r"frequencies",
+    "sinusoidal_float32_angles": r"computed in float32",
+    "missing_causal_mask": r"without the causal mask",
+    "post_ln_instead_of_pre_ln": r"post-LN",
+    "attention_residual_dropped": r"residual connection is dropped",
+    "mlp_relu_instead_of_gelu": r"ReLU instead of GELU",
+    "positional_embedding_added_twice": r"position embeddings added twice",
+    "positional_embedding_missing": r"position embeddings are missing",
+    "final_layer_norm_missing": r"final LayerNorm",
+    "untied_head_in_forward": r"not tied to wte",
+    "loss_shifted_twice": r"shifted again",
+    "dropout_in_the_eval_pass": r"dropout in the forward pass",
+    "loss_summed_not_averaged": r"summed over the tokens instead of averaged",
+    "check_idx_off_by_one": r"off by one.*block_size",
+    "check_idx_allows_negative_ids": r"negative ids are not rejected",
+    "untied_head_counted": r"LM head counted on its own",
+    "untied_head_in_init": r"lm_head\.weight of its own",
+    "residual_projections_not_scaled": r"0\.02/sqrt\(2·n_layer\)",
+    "residual_projections_over_sqrt_n_layer": r"0\.02/sqrt\(2·n_layer\)",
+    "init_uniform_with_the_right_std": r"uniform law",
+    "top_k_keeps_one_too_many": r"one token too many kept",
+    "top_k_keeps_one_too_few": r"one token too few kept",
+    "temperature_multiplies": r"multiplied by the temperature",
+    "temperature_after_the_filters": r"temperature applied after the filters",
+    "top_p_before_top_k": r"top-p applied before top-k",
+    "generate_returns_int64": r"appended in int64",
+    "check_idx_rejects_int32": r"int32 ids rejected",
+    "top_p_excludes_crossing_token": r"token that crosses p dropped",
+    "top_p_keeps_one_too_many": r"one token too many kept",
+    "top_p_keeps_the_token_at_exactly_p": r"preceding mass is exactly p kept",
+    "top_p_one_drops_rounded_tokens": r"p = 1 keeps everything",
+}
+
 _LAST_DIM = "logits are (N, V) / (B, V) by contract: dim 1 is the last dim, -1"
 _DEFAULT_DIM = "torch.topk and torch.sort work on the last dim by default, as dim=-1 says"
 _INF = 'float("-INF") is float("-inf"): Python parses the name case-insensitively'

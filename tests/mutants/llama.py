@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reference.llama import check_block_weights, check_gqa_inputs
 from solutions import llama as sol
 
 # the originals, kept before any mutant replaces them
@@ -130,6 +131,7 @@ def _repeat_kv_tiled(x: Tensor, n_rep: int) -> Tensor:
 
 def _gqa(is_causal: bool = True, scale_by_d: bool = False) -> Any:
     def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        check_gqa_inputs(q, k, v)  # given code: the learner's stub keeps it
         n_rep = q.shape[1] // k.shape[1]
         k, v = sol.repeat_kv(k, n_rep), sol.repeat_kv(v, n_rep)
         scale = 1.0 / q.shape[-1] if scale_by_d else None
@@ -168,6 +170,7 @@ def _block(post_norm: bool = False, norms_swapped: bool = False, no_mlp_residual
            one_norm: bool = False) -> Any:
     def llama_block(x: Tensor, weights: Mapping[str, Tensor], cos: Tensor, sin: Tensor,
                     n_head: int, n_kv_head: int, eps: float) -> Tensor:
+        check_block_weights(weights)  # given code: the learner's stub keeps it
         w = weights
         n1, n2 = w["input_layernorm.weight"], w["post_attention_layernorm.weight"]
         if norms_swapped:
@@ -229,6 +232,38 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "block_norm_weights_swapped": {"llama_block": _block(norms_swapped=True)},
     "block_one_norm_for_both": {"llama_block": _block(one_norm=True)},
     "block_mlp_without_residual": {"llama_block": _block(no_mlp_residual=True)},
+}
+
+# Hints that teach (tests/test_mutants.py): the cause, in a learner's words, that the first spec
+# test failing on each of these classic bugs must name (a case-insensitive regex).
+HINTS: dict[str, str] = {
+    "rmsnorm_subtracts_the_mean": r"mean is subtracted|LayerNorm",
+    "rmsnorm_eps_outside_the_sqrt": r"eps outside the square root",
+    "rmsnorm_without_eps": r"eps is ignored",
+    "rmsnorm_sum_instead_of_mean": r"sum of squares",
+    "rmsnorm_ignores_its_weight": r"weight is ignored",
+    "rmsnorm_returns_float32": r"not cast back to x's dtype",
+    "theta_exponent_off_by_factor_2": r"exponent is i/hs, not 2i/hs",
+    "theta_exponent_sign_flipped": r"exponent's sign is flipped",
+    "rope_positions_start_at_1": r"positions start at 1",
+    "rope_cos_and_sin_swapped": r"cos and sin swapped",
+    "rotate_half_sign_flipped": r"turns the wrong way|sign flipped",
+    "rotary_wrong_half_rotated": r"wrong half",
+    "rotary_interleaved_pairs_with_hf_weights": r"interleaved",
+    "rotary_ignores_per_row_positions": r"rows of a \(B, T, hs/2\) table are ignored",
+    "rotary_upcasts_bfloat16_to_float32": r"tables are not cast to x's dtype",
+    "silu_swapped_for_gelu": r"another activation than silu",
+    "gate_and_up_swapped": r"gate and up swapped",
+    "kv_heads_repeated_in_the_wrong_order": r"kv heads are tiled",
+    "gqa_without_causal_mask": r"no causal mask",
+    "gqa_scaled_by_1_over_d": r"1/sqrt\(hs\)",
+    "rotary_applied_to_v": r"rotary applied to v",
+    "rotary_not_applied_to_k": r"k is not rotated",
+    "heads_split_by_plain_reshape": r"plain reshape",
+    "block_post_norm": r"post-norm",
+    "block_norm_weights_swapped": r"norm weights swapped",
+    "block_one_norm_for_both": r"one norm weight for both",
+    "block_mlp_without_residual": r"replaces the residual stream",
 }
 
 # Survivors of scripts/mutation.py that no test can tell from the solution, and why.

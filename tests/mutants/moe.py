@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reference.moe import Expert
+from reference.moe import Expert, check_moe_sizes
 from solutions import moe as sol
 
 sol_route = sol.route  # the originals, kept before any mutant replaces them
@@ -142,6 +142,12 @@ def _loss(
     return load_balancing_loss
 
 
+def _loss_missing(router_logits: Sequence[Tensor] | Tensor, n_experts: int, top_k: int,
+                  attention_mask: Tensor | None = None) -> Tensor:
+    check_moe_sizes(n_experts, top_k)
+    return torch.zeros((), dtype=torch.float32)  # the auxiliary loss left out: nothing balances
+
+
 MUTANTS: dict[str, dict[str, Any]] = {
     # route
     "router_without_renormalisation": {"route": _route_not_renormalised},
@@ -160,6 +166,7 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "idle_experts_get_no_gradient": {"moe_forward": _forward_skips_idle_experts},
     "output_in_float32": {"moe_forward": _forward_in_float32},
     # load_balancing_loss
+    "aux_loss_missing": {"load_balancing_loss": _loss_missing},
     "aux_loss_missing_the_factor_n_experts": {"load_balancing_loss": _loss(with_n_experts=False)},
     "aux_loss_with_the_wrong_sign": {"load_balancing_loss": _loss(sign=-1.0)},
     "aux_loss_tokens_per_expert_from_the_softmax": {
@@ -169,6 +176,31 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "aux_loss_ignores_the_attention_mask": {"load_balancing_loss": _loss(ignore_mask=True)},
     "aux_loss_counts_only_the_first_choice": {"load_balancing_loss": _loss(first_slot_only=True)},
     "aux_loss_without_gradient": {"load_balancing_loss": _loss(detach_probs=True)},
+}
+
+# Hints that teach (tests/test_mutants.py): the cause, in a learner's words, that the first spec
+# test failing on each of these classic bugs must name (a case-insensitive regex).
+HINTS: dict[str, str] = {
+    "router_without_renormalisation": r"not renormalised",
+    "softmax_after_top_k_in_the_logits_dtype": r"softmax runs in the logits' dtype",
+    "top_k_by_smallest": r"k smallest",
+    "router_weights_detached": r"router weights are detached",
+    "router_softmax_over_tokens": r"softmax runs over the tokens",
+    "router_weights_without_softmax": r"no softmax",
+    "weights_not_applied": r"router weights are not applied",
+    "dispatch_to_the_wrong_expert": r"wrong expert",
+    "every_slot_weighted_by_the_first": r"first slot's weight",
+    "no_gradient_to_the_input": r"inputs are detached",
+    "idle_experts_get_no_gradient": r"no token chose is skipped",
+    "output_in_float32": r"not in x's dtype",
+    "aux_loss_missing": r"loss is missing",
+    "aux_loss_missing_the_factor_n_experts": r"factor E \(n_experts\) is missing",
+    "aux_loss_with_the_wrong_sign": r"sign is flipped",
+    "aux_loss_tokens_per_expert_from_the_softmax": r"f_e taken from the softmax",
+    "aux_loss_averaged_per_layer": r"one loss per layer",
+    "aux_loss_ignores_the_attention_mask": r"attention mask is ignored",
+    "aux_loss_counts_only_the_first_choice": r"first choice",
+    "aux_loss_without_gradient": r"cut from the graph",
 }
 
 # Survivors of scripts/mutation.py that no test can tell from the solution, and why.

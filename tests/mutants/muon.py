@@ -84,6 +84,23 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "update_from_grad_not_momentum": {"muon_step": _step(update_from_grad=True)},
 }
 
+# Hints that teach (tests/test_mutants.py): the cause, in a learner's words, that the first spec
+# test failing on each of these classic bugs must name (a case-insensitive regex).
+HINTS: dict[str, str] = {
+    "ns_cubic_coefficients": r"cubic",
+    "ns_coefficients_b_sign_flipped": r"coefficients are \(3\.4445, -4\.7750, 2\.0315\)",
+    "ns_no_normalisation": r"Frobenius norm",
+    "ns_normalised_by_max_entry": r"Frobenius norm",
+    "ns_one_step_too_few": r"one Newton.Schulz step too few",
+    "ns_no_transpose_for_tall": r"not worked on as its transpose",
+    "nesterov_missing": r"nesterov is ignored",
+    "lr_adjustment_missing": r"not scaled by sqrt\(max\(1, A/B\)\)",
+    "momentum_buffer_not_updated": r"not updated in place",
+    "momentum_summed_not_averaged": r"momentum summed",
+    "weight_decay_with_adjusted_lr": r"decay uses the adjusted lr",
+    "update_from_grad_not_momentum": r"from the gradient, not from the momentum",
+}
+
 # Survivors of scripts/mutation.py that no test can tell from the solution, and why.
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("newton_schulz", "tall = g.size(0) >= g.size(1)"):
