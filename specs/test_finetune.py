@@ -56,6 +56,8 @@ from torch import Tensor
 
 from reference.model import GPT, GPTConfig
 from reference.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, gpt2_tokenizer
+from specs.hints import Wrong
+from specs.hints import assert_close as hinted_close
 
 COMPONENT = "finetune"
 pytestmark = pytest.mark.finetune
@@ -171,6 +173,19 @@ def hf_ids_and_mask(hf: Any, messages: list[dict[str, str]]) -> tuple[list[int],
     return list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
 
 
+def mask_cause(ids: list[int], learn: list[bool], hf_ids: list[int], mask: list[bool]) -> str:
+    """Why encode_chat's (ids, learn) differ from HF's ids and assistant mask, cause first."""
+    if ids != hf_ids:
+        return f"likely cause: the ids are not the chat template's: {ids}, HF's {hf_ids}"
+    starts = [t for t in range(len(mask)) if mask[t] and (t == 0 or not mask[t - 1])]
+    last_only = [m and t >= starts[-1] for t, m in enumerate(mask)] if starts else mask
+    if learn == last_only:
+        return ("likely cause: only the last assistant turn learned: every assistant turn's "
+                f"content and <|end|> are learned: learn {learn}, HF's mask {mask}")
+    return ("likely cause: learn is not HF's assistant mask (every assistant turn's content and "
+            f"<|end|>): learn {learn}, HF's mask {mask}")
+
+
 def tiny_gpt(vocab_size: int, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=32, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16,
@@ -178,13 +193,43 @@ def tiny_gpt(vocab_size: int, seed: int = 0) -> GPT:
     return GPT(cfg).eval()
 
 
-def assert_close(actual: Tensor, expected: Tensor, what: str) -> None:
+def assert_close(actual: Tensor, expected: Tensor, what: str, *, wrong: Wrong | None = None,
+                 hint: str = "") -> None:
+    """Equal dtype and shape, close within the dtype's atol; on failure the message names the
+    classic bug in ``wrong`` the answer matches, else ``hint`` (see specs/hints.py)."""
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype}, want {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, want " \
         f"{tuple(expected.shape)}"
     tol = TOL[expected.dtype]
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=0,
-                               msg=lambda m: f"{what} beyond atol={tol}:\n{m}")
+    hinted_close(actual, expected, what=f"{what} (atol={tol})", wrong=wrong, hint=hint, atol=tol,
+                 rtol=0)
+
+
+def render_cause(text: str, messages: list[dict[str, str]], prompt: bool) -> str:
+    """The likely cause of a wrong rendering: the classic wrong template that gives ``text``."""
+    def template(sep: str = "", end: str = "<|end|>", ask: str = "<|assistant|>") -> str:
+        turns = "".join(f"<|{m['role']}|>{sep}{m['content']}{end}" for m in messages)
+        return turns + (ask if prompt else "")
+
+    wrong = {template(sep="\n"): "a newline after the role token: <|role|>content, nothing "
+                                 "between",
+             template(end=""): "no <|end|> after each turn: every turn ends with <|end|>",
+             template(end="<|end|>\n"): "a newline between turns: nothing between <|end|> and "
+                                        "the next role token",
+             template(ask=""): "the inference prompt must end with <|assistant|> "
+                               "(add_generation_prompt=True): the model answers from there"}
+    return "likely cause: " + wrong.get(text, "the template is <|role|>content<|end|> per turn, "
+                                              "nothing between, then <|assistant|> to ask")
+
+
+def encode_or_fail(tok: Any, text: str, cause: str) -> list[int]:
+    """``tok.encode(text)``; a ValueError (the base tokenizer met a special string's
+    characters) fails with ``cause``."""
+    try:
+        ids: list[int] = tok.encode(text)
+    except ValueError as error:
+        pytest.fail(f"likely cause: {cause}: encode({text!r}) raised {error}")
+    return ids
 
 
 # --- the chat format --------------------------------------------------------------------------
@@ -240,21 +285,51 @@ def test_chat_template_hand_worked_example(impl: Any) -> None:
     tok = impl.ChatTokenizer(CharTokenizer("abct"))  # a 0, b 1, c 2, t 3; specials 4..7
     messages = [{"role": "system", "content": "b"}, {"role": "user", "content": "cat"},
                 {"role": "assistant", "content": "tac"}]
-    assert impl.render(messages) == "<|system|>b<|end|><|user|>cat<|end|><|assistant|>tac<|end|>"
-    assert impl.render(messages[:2], add_generation_prompt=True) == \
-        "<|system|>b<|end|><|user|>cat<|end|><|assistant|>"
-    assert tok.encode("<|end|>") == [7]
-    assert tok.encode("cat<|assistant|>") == [2, 0, 3, 6]
-    assert tok.encode("<|user|>a<|end|><|end|>b") == [5, 0, 7, 7, 1]
+    text = impl.render(messages)
+    assert text == "<|system|>b<|end|><|user|>cat<|end|><|assistant|>tac<|end|>", \
+        f"{render_cause(text, messages, False)}: render gave {text!r}"
+    text = impl.render(messages[:2], add_generation_prompt=True)
+    assert text == "<|system|>b<|end|><|user|>cat<|end|><|assistant|>", \
+        f"{render_cause(text, messages[:2], True)}: render(add_generation_prompt=True) gave {text!r}"
+    whole = ("a special string went to the base tokenizer: cut out each special string (<|end|>, "
+             "...) and map it to its one id, base.vocab_size + i")
+    for text, want, cause in [
+            ("<|end|>", [7], whole), ("cat<|assistant|>", [2, 0, 3, 6], whole),
+            ("<|user|>a<|end|><|end|>b", [5, 0, 7, 7, 1],
+             "only the first special string cut out: split at every special string, the base "
+             "encodes only the text between")]:
+        got = encode_or_fail(tok, text, cause)
+        assert got == want, f"likely cause: {cause}: encode({text!r}) = {got}, want {want}"
     ids, learn = impl.encode_chat(tok, messages)
-    assert ids == [4, 1, 7, 5, 2, 0, 3, 7, 6, 3, 0, 2, 7]
-    assert learn == [False] * 9 + [True] * 4, "learn: the assistant's t a c and its <|end|>"
+    want_ids = [4, 1, 7, 5, 2, 0, 3, 7, 6, 3, 0, 2, 7]
+    assert ids == want_ids, (
+        "likely cause: no <|end|> after each turn in training: the training ids are the ids of "
+        "render(messages)" if 7 not in ids else
+        "likely cause: encode_chat's ids are not the ids of render(messages)"
+    ) + f": ids {ids}, want {want_ids}"
+    wrong_learn = {
+        "loss on the prompt: only the assistant's content and <|end|> are learned": [True] * 13,
+        "loss on the assistant role token: <|assistant|> ends the inference prompt, learn only "
+        "what follows it": [False] * 8 + [True] * 5,
+        "<|end|> not learned: the model must learn to stop, so the assistant's <|end|> is "
+        "learned": [False] * 9 + [True] * 3 + [False],
+    }
+    cause = next((c for c, v in wrong_learn.items() if v == learn),
+                 "learn is True exactly on the assistant's content and its <|end|>")
+    assert learn == [False] * 9 + [True] * 4, \
+        f"likely cause: {cause}: learn {learn}, want the assistant's t a c and its <|end|>"
 
 
 def test_sft_targets_hand_worked_example(impl: Any) -> None:
     # <|user|> c <|end|> <|assistant|> t <|end|>: learn t and <|end|>
     x, y = impl.sft_targets([5, 2, 7, 6, 3, 7], [False, False, False, False, True, True])
-    assert (x, y) == ([5, 2, 7, 6, 3], [-1, -1, -1, 3, 7])
+    wrong = {"targets not shifted: the target at t is the next id, ids[t + 1]": [-1, -1, -1, 6, 3],
+             "the learn flag of the input, not the target: y[t] = ids[t + 1] where learn[t + 1]":
+             [-1, -1, -1, -1, 7]}
+    cause = next((c for c, v in wrong.items() if v == y),
+                 "inputs ids[:-1], targets ids[1:] where learned, else -1")
+    assert (x, y) == ([5, 2, 7, 6, 3], [-1, -1, -1, 3, 7]), \
+        f"likely cause: {cause}: ({x}, {y}), want ([5, 2, 7, 6, 3], [-1, -1, -1, 3, 7])"
 
 
 def test_sft_batch_hand_worked_example(impl: Any) -> None:
@@ -264,29 +339,77 @@ def test_sft_batch_hand_worked_example(impl: Any) -> None:
     x, y = impl.sft_batch([([4, 1, 7], [False, True, True]), ([4, 1, 2, 3], [False] * 4),
                            ([6, 5], [False, True])], pad_id=9)
     assert x.dtype == y.dtype == torch.int64
-    assert x.tolist() == [[4, 1, 9], [4, 1, 2], [6, 9, 9]]
-    assert y.tolist() == [[1, 7, -1], [-1, -1, -1], [5, -1, -1]]
+    assert x.tolist() == [[4, 1, 9], [4, 1, 2], [6, 9, 9]], (
+        "likely cause: padding on the left: right-pad, so every row starts at position 0"
+        if x.tolist() == [[9, 4, 1], [4, 1, 2], [9, 9, 6]] else
+        "likely cause: the inputs are not each example's ids[:-1], right-padded with pad_id"
+    ) + f": inputs {x.tolist()}"
+    assert y.tolist() == [[1, 7, -1], [-1, -1, -1], [5, -1, -1]], (
+        "likely cause: padding targets are the pad id: the padding's targets are -1 (no loss)"
+        if y.tolist() == [[1, 7, 9], [-1, -1, -1], [5, 9, 9]] else
+        "likely cause: the targets are not each example's sft targets, right-padded with -1"
+    ) + f": targets {y.tolist()}"
 
 
 def test_sequence_logprob_hand_worked_example(impl: Any) -> None:
     logits = torch.tensor([[[0.0, 0.0], [5.0, -5.0], [math.log(3.0), 0.0]],
                            [[0.0, math.log(4.0)], [1.0, 2.0], [0.0, 0.0]]], dtype=torch.float64)
-    out = impl.sequence_logprob(logits.float(), torch.tensor([[1, -1, 0], [1, -1, -1]]))
+    targets = torch.tensor([[1, -1, 0], [1, -1, -1]])
+    out = impl.sequence_logprob(logits.float(), targets)
     # row 0: log(1/2) + log(3/4); row 1: log(4/5)
     by_hand = torch.tensor([math.log(0.5) + math.log(0.75), math.log(0.8)], dtype=torch.float64)
-    assert_close(out, by_hand.float(), "sequence_logprob vs hand-worked")
-    out = impl.sequence_logprob(logits, torch.tensor([[1, -1, 0], [1, -1, -1]]))
+    keep = targets != -1
+
+    def picked(logp: Tensor) -> Tensor:  # (B, T): the target's log-probability, 0 where ignored
+        return logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0].masked_fill(~keep, 0.0)
+
+    def over_vocab() -> Tensor:
+        return picked(F.log_softmax(logits, dim=-1))
+
+    wrong: Wrong = {  # computed only when the answer is wrong
+        "the mean instead of the sum over the positions": lambda: over_vocab().mean(-1).float(),
+        "the mean instead of the sum over the kept positions":
+            lambda: (over_vocab().sum(-1) / keep.sum(-1)).float(),
+        "ignored positions included: a -1 target adds nothing":
+            lambda: F.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])
+            .sum((1, 2)).float(),
+        "log_softmax over the positions (dim 1), not the vocabulary (dim -1)":
+            lambda: picked(F.log_softmax(logits, dim=1)).sum(-1).float(),
+    }
+    assert_close(out, by_hand.float(), "sequence_logprob vs hand-worked", wrong=wrong,
+                 hint="the sum over the kept positions of log_softmax(logits)[target]")
+    out = impl.sequence_logprob(logits, targets)
+    assert out.dtype == torch.float64, ("likely cause: float64 logits cast down to float32: "
+                                        f"compute in float64 when given float64; got {out.dtype}")
     assert_close(out, by_hand, "sequence_logprob in float64 vs hand-worked")
 
 
 def test_dpo_loss_hand_worked_example(impl: Any) -> None:
     t = torch.tensor
+    flipped = ("the sign flipped, or chosen and rejected swapped: loss = -log σ(β m) with "
+               "m = (π_c - ref_c) - (π_r - ref_r)")
     one = impl.dpo_loss(t([-1.0]), t([-3.0]), t([-2.0]), t([-2.0]), beta=1.0)  # m = 2
-    assert_close(one, t(math.log1p(math.exp(-2.0))), "β = 1, m = 2: log(1 + e^-2)")
+    assert_close(one, t(math.log1p(math.exp(-2.0))), "β = 1, m = 2: log(1 + e^-2)",
+                 wrong={flipped: t(math.log1p(math.exp(2.0)))},
+                 hint="loss = -log σ(β m), m = (π_c - ref_c) - (π_r - ref_r)")
     # β = 0.5; pair 0: m = (-4 + 5) - (-6 + 5) = 2, z = 1; pair 1: m = (-2 + 1) - (-1 + 2) = -2, z = -1
     two = impl.dpo_loss(t([-4.0, -2.0]), t([-6.0, -1.0]), t([-5.0, -1.0]), t([-5.0, -2.0]), beta=0.5)
+    pairs = [(-4.0, -6.0, -5.0, -5.0), (-2.0, -1.0, -1.0, -2.0)]  # (pc, pr, rc, rr) per pair
+
+    def mean_of(loss: Any) -> Tensor:  # a wrong formula's mean over the two pairs
+        return t(sum(loss(*p) for p in pairs) / 2)
+
     assert_close(two, t((math.log1p(math.exp(-1.0)) + math.log1p(math.exp(1.0))) / 2),
-                 "the mean over two pairs")
+                 "the mean over two pairs", wrong={
+                     flipped: mean_of(lambda pc, pr, rc, rr: formula(pr, pc, rr, rc, 0.5)),
+                     "β missing: the margin is scaled, z = β · m":
+                         mean_of(lambda pc, pr, rc, rr: formula(pc, pr, rc, rr, 1.0)),
+                     "reference terms swapped: m = (π_c - ref_c) - (π_r - ref_r), each response "
+                     "against its own reference":
+                         mean_of(lambda pc, pr, rc, rr: formula(pc, pr, rr, rc, 0.5)),
+                     "the sum over the batch instead of the mean":
+                         2 * mean_of(lambda pc, pr, rc, rr: formula(pc, pr, rc, rr, 0.5)),
+                 }, hint="loss = mean over pairs of -log σ(β m), m = (π_c - ref_c) - (π_r - ref_r)")
     same = t([-7.0, -1.5, -30.0])
     assert_close(impl.dpo_loss(same, same - 2, same, same - 2, beta=3.0), t(math.log(2.0)),
                  "policy = reference: log 2")
@@ -295,7 +418,8 @@ def test_dpo_loss_hand_worked_example(impl: Any) -> None:
 def test_dpo_loss_is_finite_at_extreme_margins(impl: Any) -> None:
     t = torch.tensor
     loss = impl.dpo_loss(t([-1e4, 0.0]), t([0.0, -1e4]), t([0.0, 0.0]), t([0.0, 0.0]), beta=1.0)
-    assert torch.isfinite(loss), f"DPO loss overflowed at margins ±1e4: {loss}"
+    assert torch.isfinite(loss), ("likely cause: -log(sigmoid(z)) overflows (σ rounds to 0): use "
+                                  f"-F.logsigmoid(z); DPO loss overflowed at margins ±1e4: {loss}")
     assert_close(loss, t(1e4 / 2), "pair 0 loses 1e4 nats, pair 1 about 0")
 
 
@@ -306,7 +430,9 @@ def test_dpo_gradient_reaches_only_the_policy(impl: Any) -> None:
         x.requires_grad_()
     beta = 0.7
     impl.dpo_loss(pc, pr, rc, rr, beta=beta).backward()
-    assert rc.grad is None and rr.grad is None, "the frozen reference must get no gradient"
+    assert rc.grad is None and rr.grad is None, ("likely cause: the reference log-probabilities "
+                                                 "are not detached: the frozen reference must get "
+                                                 "no gradient")
     assert pc.grad is not None and pr.grad is not None
     z = beta * ((pc - rc) - (pr - rr)).detach()
     d = -beta * torch.sigmoid(-z) / 4  # d/dm of mean(-log σ(β m))
@@ -320,7 +446,8 @@ def test_sequence_logprob_ignored_positions_add_exactly_zero(impl: Any) -> None:
                            [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], requires_grad=True)
     targets = torch.tensor([[2, -1], [-1, -1]])  # row 0, t = 1: clamping -1 to 0 picks -inf
     out = impl.sequence_logprob(logits, targets)
-    assert not out.isnan().any(), f"an ignored position made NaN: {out}"
+    assert not out.isnan().any(), ("likely cause: masking by multiplying: -inf · 0 is NaN; use "
+                                   f"masked_fill or torch.where: an ignored position made NaN: {out}")
     assert out[1].item() == 0.0, "a row with no target gives 0"
     out.sum().backward()
     assert logits.grad is not None
@@ -350,7 +477,8 @@ def test_render_and_encode_match_transformers_chat_template(impl: Any, hf_char: 
 def test_encode_chat_matches_transformers_assistant_mask(impl: Any, hf_char: Any,
                                                           messages: list[dict[str, str]]) -> None:
     ids, learn = impl.encode_chat(impl.ChatTokenizer(CharTokenizer(ALPHABET)), messages)
-    assert (ids, learn) == hf_ids_and_mask(hf_char, messages)
+    hf_ids, mask = hf_ids_and_mask(hf_char, messages)
+    assert (ids, learn) == (hf_ids, mask), mask_cause(ids, learn, hf_ids, mask)
 
 
 @given(data=st.data())

@@ -50,6 +50,8 @@ from torch import Tensor, nn
 from reference.checkpoint import load_weights
 from reference.hf import config_from_hf, from_hf_state_dict
 from reference.model import GPT, GPTConfig
+from specs.hints import Wrong, likely
+from specs.hints import assert_close as hinted_close
 
 COMPONENT = "lora"
 pytestmark = pytest.mark.lora
@@ -85,13 +87,44 @@ def random_linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype, seed: i
     return nn.Linear(n_in, n_out, bias=bias, dtype=dtype)
 
 
-def assert_close(actual: Tensor, expected: Tensor, what: str, tol: float | None = None) -> None:
+def assert_close(actual: Tensor, expected: Tensor, what: str, tol: float | None = None, *,
+                 wrong: Wrong | None = None, hint: str = "") -> None:
+    """Close within ``tol`` (the dtype's by default); on failure the message names the classic
+    bug in ``wrong`` that the answer matches, else ``hint`` (see specs/hints.py)."""
     tol = TOL[expected.dtype] if tol is None else tol
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
         f"{what}: {tuple(actual.shape)} {actual.dtype}, expected {tuple(expected.shape)} "
         f"{expected.dtype}")
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol,
-                               msg=lambda m: f"{what} beyond {tol}:\n{m}")
+    hinted_close(actual, expected, what=f"{what} (tolerance {tol})", wrong=wrong, hint=hint,
+                 atol=tol, rtol=tol)
+
+
+def scaling_cause(got: float, r: int, alpha: float, rslora: bool) -> str:
+    """The likely cause of a wrong scaling: the classic wrong formula that gives ``got``."""
+    wrong = [
+        (rslora, alpha / r, "rslora ignored: with rslora=True, s = alpha / sqrt(r)"),
+        (not rslora, alpha / math.sqrt(r), "alpha / sqrt(r) without rslora: plain LoRA is "
+                                           "alpha / r"),
+        (True, alpha, "alpha alone: divide it by r (s = alpha / r)"),
+        (True, r / alpha, "r and alpha swapped: s = alpha / r, not r / alpha"),
+        (rslora, r / math.sqrt(alpha), "r and alpha swapped: s = alpha / sqrt(r)"),
+        (rslora, math.sqrt(r) / alpha, "upside down: s = alpha / sqrt(r), not sqrt(r) / alpha"),
+    ]
+    for applies, value, cause in wrong:
+        if applies and math.isclose(got, value, rel_tol=1e-12):
+            return f"likely cause: {cause}"
+    return "likely cause: the scaling is not alpha / r (alpha / sqrt(r) with rslora)"
+
+
+def trainable_cause(trainable: set[str], lora: set[str], when: str) -> str:
+    """Why the trainable parameters are not exactly the LoRA ones, cause first."""
+    extra, missing = sorted(trainable - lora), sorted(lora - trainable)
+    if extra:
+        return ("likely cause: the other parameters are not frozen: requires_grad_(False) on "
+                "every parameter but lora_A and lora_B (apply_lora calls "
+                f"mark_only_lora_trainable); {when}, trainable beyond A and B: {extra}")
+    return (f"likely cause: not every lora_A and lora_B is left trainable; {when}, frozen: "
+            f"{missing}")
 
 
 def small_gpt(seed: int = 0) -> GPT:
@@ -121,31 +154,69 @@ def hand_worked(impl: Any) -> Any:
 def test_lora_linear_hand_worked_example(impl: Any) -> None:
     layer = hand_worked(impl)
     x = torch.tensor([[1.0, 1.0]])
-    assert layer.scaling == 2.0
-    assert torch.equal(layer(x), torch.tensor([[8.0, 1.0]])), f"forward: {layer(x)}, want [[8, 1]]"
-    assert torch.equal(layer.delta_weight(), torch.tensor([[2.0, 4.0], [0.0, 0.0]])), \
-        f"delta_weight: {layer.delta_weight()}, want s·B A = [[2, 4], [0, 0]]"
+    assert layer.scaling == 2.0, (
+        f"{scaling_cause(layer.scaling, 1, 2, False)}: scaling {layer.scaling}, want alpha / r = 2")
+    base = torch.tensor([[2.0, 1.0]])  # x Wᵀ + b
+    y = layer(x)
+    assert torch.equal(y, torch.tensor([[8.0, 1.0]])), (
+        likely(y, {"the LoRA term is not multiplied by the scaling s = alpha / r":
+                   base + torch.tensor([[3.0, 0.0]]),
+                   "A and B in the wrong order: the LoRA path is (x @ A.T) @ B.T, (..., in) -> "
+                   "(..., r) -> (..., out)": base + 2 * torch.tensor([[1.0, 2.0]])})
+        or "likely cause: the forward pass is not base(x) + s · (x Aᵀ) Bᵀ"
+    ) + f": forward {y}, want [[8, 1]]"
+    delta = layer.delta_weight()
+    assert torch.equal(delta, torch.tensor([[2.0, 4.0], [0.0, 0.0]])), (
+        likely(delta, {"ΔW is not multiplied by the scaling s": torch.tensor([[1.0, 2.0], [0.0, 0.0]]),
+                       "ΔW transposed: s · B @ A is (out, in), the base weight's layout":
+                       torch.tensor([[2.0, 0.0], [4.0, 0.0]])})
+        or "likely cause: ΔW is not s · B @ A"
+    ) + f": delta_weight {delta}, want s·B A = [[2, 4], [0, 0]]"
     layer.merge()
-    assert layer.merged
-    assert torch.equal(layer.base.weight, torch.tensor([[3.0, 4.0], [0.0, 1.0]])), \
-        f"merged weight {layer.base.weight}, want W + ΔW = [[3, 4], [0, 1]]"
-    assert torch.equal(layer(x), torch.tensor([[8.0, 1.0]])), f"merged forward: {layer(x)}"
+    assert layer.merged, "likely cause: merge does not set merged = True (the forward pass would " \
+        "add ΔW a second time)"
+    w = layer.base.weight.detach()
+    assert torch.equal(w, torch.tensor([[3.0, 4.0], [0.0, 1.0]])), (
+        likely(w, {"merge subtracts ΔW instead of adding it": torch.tensor([[-1.0, -4.0], [0.0, 1.0]]),
+                   "merge adds ΔW transposed (Aᵀ Bᵀ)": torch.tensor([[3.0, 0.0], [4.0, 1.0]]),
+                   "merge adds ΔW without the scaling s": torch.tensor([[2.0, 2.0], [0.0, 1.0]])})
+        or "likely cause: merge does not add ΔW = s · B A into base.weight"
+    ) + f": merged weight {w}, want W + ΔW = [[3, 4], [0, 1]]"
+    y = layer(x)
+    assert torch.equal(y, torch.tensor([[8.0, 1.0]])), (
+        likely(y, {"the forward pass adds the LoRA term while merged: ΔW is already in "
+                   "base.weight, return base(x) alone": torch.tensor([[14.0, 1.0]])})
+        or "likely cause: the merged forward pass is not base(x) with W + ΔW"
+    ) + f": merged forward {y}, want [[8, 1]]"
     layer.unmerge()
-    assert not layer.merged
-    assert torch.equal(layer.base.weight, torch.eye(2)), f"unmerged weight {layer.base.weight}"
+    assert not layer.merged, "likely cause: unmerge does not set merged = False (the forward " \
+        "pass would then leave out the LoRA term)"
+    w = layer.base.weight.detach()
+    assert torch.equal(w, torch.eye(2)), (
+        likely(w, {"unmerge adds ΔW instead of subtracting it": torch.tensor([[5.0, 8.0], [0.0, 1.0]]),
+                   "unmerge left base.weight as it was (W + ΔW)": torch.tensor([[3.0, 4.0], [0.0, 1.0]])})
+        or "likely cause: unmerge does not subtract ΔW = s · B A from base.weight"
+    ) + f": unmerged weight {w}, want W = [[1, 0], [0, 1]]"
     assert torch.equal(layer(x), torch.tensor([[8.0, 1.0]])), f"unmerged forward: {layer(x)}"
 
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_scaling_is_alpha_over_r_or_over_sqrt_r_as_peft(impl: Any, rslora: bool) -> None:
-    assert impl.lora_scaling(8, 16) == 2.0
-    assert impl.lora_scaling(16, 16, rslora=True) == 4.0
+    got = impl.lora_scaling(8, 16)  # rslora's default: False
+    assert got == 2.0, f"{scaling_cause(got, 8, 16, False)}: lora_scaling(8, 16) = {got}, want 2"
+    got = impl.lora_scaling(16, 16, rslora=True)
+    assert got == 4.0, (f"{scaling_cause(got, 16, 16, True)}: lora_scaling(16, 16, rslora=True) "
+                        f"= {got}, want 4")
     for r, alpha in [(1, 1), (4, 16), (8, 8), (16, 32), (3, 5)]:
         layer = impl.LoRALinear(nn.Linear(4, 4), r=r, alpha=alpha, rslora=rslora)
         want = peft_linear(nn.Linear(4, 4), r, alpha, rslora).scaling["default"]
-        assert layer.scaling == pytest.approx(want, rel=1e-15), \
-            f"r={r}, alpha={alpha}, rslora={rslora}: scaling {layer.scaling}, peft's {want}"
-        assert impl.lora_scaling(r, alpha, rslora) == pytest.approx(want, rel=1e-15)
+        assert layer.scaling == pytest.approx(want, rel=1e-15), (
+            f"{scaling_cause(layer.scaling, r, alpha, rslora)}: r={r}, alpha={alpha}, "
+            f"rslora={rslora}: scaling {layer.scaling}, peft's {want}")
+        got = impl.lora_scaling(r, alpha, rslora)
+        assert got == pytest.approx(want, rel=1e-15), (
+            f"{scaling_cause(got, r, alpha, rslora)}: lora_scaling({r}, {alpha}, {rslora}) = "
+            f"{got}, peft's {want}")
 
 
 def test_init_a_is_kaiming_uniform_and_b_is_zero(impl: Any) -> None:
@@ -155,10 +226,20 @@ def test_init_a_is_kaiming_uniform_and_b_is_zero(impl: Any) -> None:
     a, b = layer.lora_A.detach(), layer.lora_B.detach()
     assert a.shape == (r, n_in) and b.shape == (n_out, r), f"A {a.shape}, B {b.shape}"
     assert layer.lora_A.requires_grad and layer.lora_B.requires_grad
-    assert not b.any(), "B must start at zero (ΔW = 0)"
+    assert not b.any(), (
+        "likely cause: A and B swapped: A random (Kaiming-uniform), B zero" if not a.any() else
+        "likely cause: B initialised at random: B must start at zero (ΔW = 0), so the wrapped "
+        "layer starts as the base layer")
     bound = 1 / math.sqrt(n_in)  # kaiming_uniform_(a=sqrt(5)): gain sqrt(1/3), bound sqrt(3)·gain/sqrt(in)
-    assert a.abs().max() <= bound, f"A beyond Kaiming-uniform's bound {bound}: {a.abs().max()}"
-    assert a.abs().max() > 0.99 * bound, "A does not fill [-1/sqrt(in), 1/sqrt(in)]"
+    assert a.abs().max() <= bound, (
+        ("likely cause: A drawn from a standard normal (std 1); use nn.init.kaiming_uniform_(A, "
+         "a=math.sqrt(5))" if abs(a.std().item() - 1) < 0.05 else
+         "likely cause: A is not kaiming_uniform_(A, a=math.sqrt(5)) (bound 1/sqrt(in))")
+        + f": A beyond Kaiming-uniform's bound {bound}: {a.abs().max()}")
+    assert a.abs().max() > 0.99 * bound, (
+        "likely cause: A and B both zero: then neither ever gets a gradient; A must be random "
+        "(Kaiming-uniform)" if not a.any() else
+        "likely cause: A does not fill [-1/sqrt(in), 1/sqrt(in)]: kaiming_uniform_(a=sqrt(5))")
     std = bound / math.sqrt(3)  # of uniform(-bound, bound)
     assert abs(a.std().item() / std - 1) < 0.03, f"A's std {a.std()}, uniform's {std}"  # 16,384 draws: ~0.6% noise
     assert abs(a.mean().item()) < 0.05 * std, f"A's mean {a.mean()} is off 0"  # ~0.8% noise
@@ -170,13 +251,17 @@ def test_b_zero_leaves_the_output_unchanged(impl: Any) -> None:
     for training in (False, True):
         layer = impl.LoRALinear(copy.deepcopy(base), r=4, alpha=32, dropout=0.5)
         layer.train(training)
-        assert torch.equal(layer(x), base(x)), f"B = 0 changed the output (training={training})"
+        assert torch.equal(layer(x), base(x)), (
+            "likely cause: dropout on the base path: only the LoRA path's input is dropped"
+            if training else "likely cause: the LoRA term is not 0 when B = 0"
+        ) + f": B = 0 changed the output (training={training})"
     model = small_gpt().eval()
     idx = torch.randint(0, SMALL.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
     before, _ = model(idx)
     impl.apply_lora(model, r=4, alpha=8)
     after, _ = model(idx)
-    assert torch.equal(after, before), "a freshly wrapped GPT must compute what the base did"
+    assert torch.equal(after, before), "likely cause: B not zero at init, or a wrapped layer " \
+        "in training mode: a freshly wrapped GPT must compute what the base did"
 
 
 @given(
@@ -220,7 +305,7 @@ def test_only_lora_parameters_get_gradients(impl: Any) -> None:
         layer.lora_B.normal_()  # with B = 0 the gradient of A would be 0
     layer(torch.randn(4, 6)).square().sum().backward()
     assert not layer.base.weight.requires_grad and not layer.base.bias.requires_grad, \
-        "the base layer must be frozen"
+        "likely cause: the base layer is not frozen: requires_grad_(False) on it in LoRALinear"
     assert layer.base.weight.grad is None and layer.base.bias.grad is None
     assert layer.lora_A.grad is not None and layer.lora_A.grad.any()
     assert layer.lora_B.grad is not None and layer.lora_B.grad.any()
@@ -237,7 +322,7 @@ def test_only_lora_parameters_get_gradients(impl: Any) -> None:
     lora = {f"{n}.lora_{ab}" for n in names for ab in "AB"}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert trainable == lora, f"trainable beyond A and B: {sorted(trainable - lora)}"
+    assert trainable == lora, trainable_cause(trainable, lora, "after apply_lora")
     assert with_grad == lora, f"gradients outside A and B: {sorted(with_grad - lora)}"
 
 
@@ -247,7 +332,8 @@ def test_mark_only_lora_trainable_freezes_everything_else(impl: Any) -> None:
     model.requires_grad_(True)  # e.g. a model trained fully before: everything trainable
     impl.mark_only_lora_trainable(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"2.lora_A", "2.lora_B"}, f"trainable: {sorted(trainable)}"
+    assert trainable == {"2.lora_A", "2.lora_B"}, trainable_cause(
+        trainable, {"2.lora_A", "2.lora_B"}, "after mark_only_lora_trainable")
     impl.mark_only_lora_trainable(model)  # again: the same
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
 
@@ -267,20 +353,22 @@ def test_merge_matches_peft_and_unmerge_restores_the_weights(
         delta = theirs.get_delta_weight("default")
         assert_close(layer.delta_weight(), delta, "delta_weight vs peft's get_delta_weight")
         layer.merge()
-        assert layer.merged, "merge must set merged"
+        assert layer.merged, "likely cause: merge does not set merged = True"
         merged = layer.base.weight.detach().clone()
         assert_close(merged, w + delta, "merged weight vs W + peft's ΔW")
         assert_close(layer(x), before, "the merged layer's output", MERGED_TOL)
         layer.merge()  # a second merge must not add ΔW again
-        assert torch.equal(layer.base.weight, merged), "merging twice added ΔW twice"
+        assert torch.equal(layer.base.weight, merged), \
+            "likely cause: merge does not check merged: merging twice added ΔW twice"
         layer.unmerge()
-        assert not layer.merged, "unmerge must clear merged"
+        assert not layer.merged, "likely cause: unmerge does not set merged = False"
         bound = torch.finfo(torch.float32).eps * (w.abs() + merged.abs())  # two roundings
         error = (layer.base.weight - w).abs()
         assert (error <= bound).all(), f"unmerge left W off by {(error - bound).max()} past the bound"
         restored = layer.base.weight.detach().clone()
         layer.unmerge()  # a second unmerge changes nothing
-        assert torch.equal(layer.base.weight, restored), "unmerging twice subtracted ΔW twice"
+        assert torch.equal(layer.base.weight, restored), \
+            "likely cause: unmerge does not check merged: unmerging twice subtracted ΔW twice"
         assert_close(layer(x), before, "the unmerged layer's output", MERGED_TOL)
 
 
@@ -315,13 +403,22 @@ def test_dropout_acts_on_the_lora_path_in_training_mode_only(impl: Any) -> None:
     x = torch.randn(8, n, dtype=torch.float64) + 3  # away from 0: a dropped entry is clear
     with torch.no_grad():
         layer.eval()
-        assert_close(layer(x), base(x) + x @ q.T, "eval mode: no dropout at all")
+        assert_close(layer(x), base(x) + x @ q.T, "eval mode: no dropout at all",
+                     hint="dropout in eval mode: use the nn.Dropout module (self.dropout), which "
+                     "drops only in training mode, not F.dropout(..., training=True)")
         layer.train()
         torch.manual_seed(5)
-        dropped = (layer(x) - base(x)) @ q  # s = 1
+        lora = layer(x) - base(x)  # s = 1
+        dropped = lora @ q
     kept = (dropped - x / (1 - p)).abs() < 1e-9
     zero = dropped.abs() < 1e-9
-    assert (kept | zero).all(), "training mode: the LoRA path's input is not dropout(x)"
+    after_b = x @ q.T  # the LoRA output without dropout: dropped there, each entry 0 or /(1-p)
+    if not (kept | zero).all() and (((lora - after_b / (1 - p)).abs() < 1e-9)
+                                    | (lora.abs() < 1e-9)).all():
+        pytest.fail("likely cause: dropout after B (on the LoRA output): drop the LoRA path's "
+                    "input x, before A")
+    assert (kept | zero).all(), "likely cause: the LoRA path's input is not dropout(x) in " \
+        "training mode: base(x) + s · (dropout(x) @ Aᵀ) @ Bᵀ"
     assert kept.any() and zero.any(), f"p={p}: some entries must be dropped and some kept"
 
     model = small_gpt().train()  # apply_lora passes dropout on: training mode draws, eval does not
@@ -332,7 +429,8 @@ def test_dropout_acts_on_the_lora_path_in_training_mode_only(impl: Any) -> None:
         idx = torch.randint(0, SMALL.vocab_size, (2, 8), generator=torch.Generator().manual_seed(4))
         torch.manual_seed(0)
         first = model(idx)[0]
-        assert not torch.equal(model(idx)[0], first), "apply_lora(dropout=0.5) drops nothing"
+        assert not torch.equal(model(idx)[0], first), \
+            "likely cause: apply_lora does not pass dropout on: apply_lora(dropout=0.5) drops nothing"
         model.eval()
         assert torch.equal(model(idx)[0], model(idx)[0])
 
@@ -344,7 +442,10 @@ def test_apply_lora_wraps_the_gpt2_projections_by_name(impl: Any) -> None:
     for name in names:
         layer = model.get_submodule(name)
         assert isinstance(layer, impl.LoRALinear), f"{name} is a {type(layer).__name__}"
-        assert not layer.training, f"{name}: a layer put into an eval model must be in eval mode"
+        assert not layer.training, (
+            f"likely cause: a new module starts in training mode: LoRALinear takes its base "
+            f"layer's mode (self.train(base.training)); {name}: a layer put into an eval model "
+            "must be in eval mode")
         assert isinstance(layer.base, nn.Linear)
     other = small_gpt()
     assert impl.apply_lora(other, targets=["mlp.c_fc"]) == lora_names(2, ("mlp.c_fc",))
@@ -408,11 +509,17 @@ def test_merged_gpt_matches_peft_merged_gpt2(impl: Any, rslora: bool) -> None:
         unmerged = ours(idx)[0]
         impl.merge_lora(ours)
         merged_hf = theirs.merge_and_unload()
-        assert all(ours.get_submodule(n).merged for n in lora_names(2))
+        unmerged_layers = [n for n in lora_names(2) if not ours.get_submodule(n).merged]
+        assert not unmerged_layers, (
+            "likely cause: merge_lora misses nested layers: walk model.modules() (every "
+            f"descendant), not model.children(); not merged: {unmerged_layers}")
         assert_close(ours(idx)[0], merged_hf(idx).logits, f"merged GPT vs peft merge_and_unload (rslora={rslora})")
         assert_close(ours(idx)[0], unmerged, "merged vs unmerged logits", MERGED_TOL)
         impl.unmerge_lora(ours)
-        assert not any(ours.get_submodule(n).merged for n in lora_names(2))
+        still = [n for n in lora_names(2) if ours.get_submodule(n).merged]
+        assert not still, (
+            "likely cause: unmerge_lora misses nested layers: walk model.modules(), not "
+            f"model.children(); still merged: {still}")
         assert_close(ours(idx)[0], unmerged, "logits after unmerge_lora", MERGED_TOL)
 
 

@@ -138,16 +138,22 @@ def expected_answer(run: Loaded, prompt: str, max_tokens: int, temperature: floa
 
 def test_check_api_key_hand_worked_example(impl: Any) -> None:
     keys = ["alpha", "beta"]
-    assert impl.check_api_key("Bearer beta", keys) == "beta"
-    assert impl.check_api_key("Bearer alpha", keys) == "alpha"
-    assert impl.check_api_key("bearer beta", keys) == "beta"
-    assert impl.check_api_key("BEARER alpha", keys) == "alpha"
-    assert impl.check_api_key("  Bearer beta  ", keys) == "beta"
-    assert impl.check_api_key("Bearer   beta", keys) == "beta"  # spaces around the key
-    assert impl.check_api_key("Bearer gamma", keys) is None
-    assert impl.check_api_key("Bearer bet", keys) is None  # a prefix of a key is not the key
-    assert impl.check_api_key("Bearer betaa", keys) is None
-    assert impl.check_api_key("Bearer Beta", keys) is None  # keys are case-sensitive
+    scheme = "the scheme compared case-sensitively: 'bearer' and 'BEARER' are Bearer too"
+    whole = "the key is compared whole: hmac.compare_digest(given, key) for each accepted key"
+    for header, want, cause in [
+        ("Bearer beta", "beta", "the matched key is returned: 'Bearer <key>' with <key> in keys"),
+        ("Bearer alpha", "alpha", "the matched key is returned: 'Bearer <key>' with <key> in keys"),
+        ("bearer beta", "beta", scheme),
+        ("BEARER alpha", "alpha", scheme),
+        ("  Bearer beta  ", "beta", "the header not stripped: spaces around it are ignored"),
+        ("Bearer   beta", "beta", "the key not stripped: spaces around the key are ignored"),
+        ("Bearer gamma", None, whole),
+        ("Bearer bet", None, "a prefix of a key accepted: " + whole),
+        ("Bearer betaa", None, whole),
+        ("Bearer Beta", None, "keys compared case-insensitively: keys are case-sensitive"),
+    ]:
+        got = impl.check_api_key(header, keys)
+        assert got == want, f"likely cause: {cause}: check_api_key({header!r}) = {got!r}, want {want!r}"
 
 
 KEY_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Zs", "Cc", "Zl", "Zp")),
@@ -162,16 +168,28 @@ def test_check_api_key_accepts_exactly_the_accepted_keys(
         given_key = keys[len(given_key) % len(keys)]
     expected = any(hmac.compare_digest(given_key.encode(), k.encode()) for k in keys)
     got = impl.check_api_key(f"{scheme} {given_key}", keys)
-    assert got == (given_key if expected else None), (scheme, given_key, keys)
+    cause = ("any key accepted when no keys are configured: no keys accept nothing (deny by "
+             "default)" if not keys and got is not None else
+             "a key accepted that is not one of the keys" if got is not None and not expected else
+             "an accepted key refused, or another key returned")
+    assert got == (given_key if expected else None), \
+        f"likely cause: {cause}: {(scheme, given_key, keys)}, got {got!r}"
 
 
 def test_check_api_key_refuses_missing_malformed_and_empty_keys(impl: Any) -> None:
     keys = ["k", ""]
     for header in [None, "", " ", "Bearer", "Bearer ", "Bearer   ", "k", "Bearerk", "Basic k",
                    "Token k", "Bearer: k", "Bearer\tk\t"]:
-        assert impl.check_api_key(header, keys) is None, f"{header!r} was accepted"
+        got = impl.check_api_key(header, keys)
+        assert got is None, (
+            "likely cause: an empty key accepted: nothing after 'Bearer' is no key, even with '' "
+            "in keys" if got == "" else "likely cause: a malformed header accepted: only "
+            "'Bearer <key>' (one space-separated scheme, then the key) is read"
+        ) + f": {header!r} was accepted as {got!r}"
     for header in ["Bearer k", "Bearer ", "Bearer anything"]:
-        assert impl.check_api_key(header, []) is None, f"{header!r} accepted with no keys"
+        assert impl.check_api_key(header, []) is None, (
+            f"likely cause: any key accepted when no keys are configured (deny by default): "
+            f"{header!r} accepted with no keys")
 
 
 def test_check_api_key_compares_every_key_in_constant_time(
@@ -190,21 +208,45 @@ def test_check_api_key_compares_every_key_in_constant_time(
         calls.clear()
         assert impl.check_api_key(header, keys) == expected
         assert len(calls) == len(keys), (
-            f"{header!r}: {len(calls)} calls of hmac.compare_digest for {len(keys)} keys: "
-            "compare with every key, whichever matches")
+            "likely cause: keys compared with == (or `in`): the time taken leaks how much of a "
+            "key matched; use hmac.compare_digest" if not calls else
+            "likely cause: an early exit on a match: the time taken tells which key matched"
+        ) + (f"; {header!r}: {len(calls)} calls of hmac.compare_digest for {len(keys)} keys: "
+             "compare with every key, whichever matches")
 
 
 # ---------------------------------------------------------------- SSE framing
 
 
+def sse_cause(data: str, got: Any) -> str:
+    """The likely cause of a wrong event for ``data``: the classic wrong framing that gives it."""
+    def lines(parts: list[str]) -> bytes:
+        return "".join(f"data: {line}\n" for line in parts).encode()
+
+    wrong = [
+        (lines(sse_lines(data).split("\n")), "no blank line after the event: an event ends with "
+                                             "an empty line (data: ...\\n\\n)"),
+        (f"data: {data}\n\n".encode(), "newlines in the data not split: each line of the data "
+                                        "is its own 'data: ' line"),
+        (lines(data.splitlines() or [""]) + b"\n", "str.splitlines drops a trailing empty line "
+                                                    "(and splits at more than line ends): split at "
+                                                    "\\r\\n, \\r and \\n only"),
+        (lines(data.split("\n")) + b"\n", "carriage returns not split: \\r\\n and \\r end a "
+                                           "line too"),
+    ]
+    return "likely cause: " + next((cause for value, cause in wrong if value == got),
+                                   "an event is 'data: <line>\\n' per line of the data, then "
+                                   "'\\n'")
+
+
 def test_sse_event_hand_worked_examples(impl: Any) -> None:
-    assert impl.sse_event("Hello") == b"data: Hello\n\n"
-    assert impl.sse_event("") == b"data: \n\n"
-    assert impl.sse_event("a\nb") == b"data: a\ndata: b\n\n"
-    assert impl.sse_event("a\r\nb\rc") == b"data: a\ndata: b\ndata: c\n\n"
-    assert impl.sse_event("end\n") == b"data: end\ndata: \n\n"
-    assert impl.sse_event("é€") == "data: é€\n\n".encode()
-    assert impl.sse_event("[DONE]") == b"data: [DONE]\n\n"
+    for data, want in [("Hello", b"data: Hello\n\n"), ("", b"data: \n\n"),
+                       ("a\nb", b"data: a\ndata: b\n\n"),
+                       ("a\r\nb\rc", b"data: a\ndata: b\ndata: c\n\n"),
+                       ("end\n", b"data: end\ndata: \n\n"), ("é€", "data: é€\n\n".encode()),
+                       ("[DONE]", b"data: [DONE]\n\n")]:
+        got = impl.sse_event(data)
+        assert got == want, f"{sse_cause(data, got)}: sse_event({data!r}) = {got!r}, want {want!r}"
 
 
 @given(data=st.text())
@@ -224,9 +266,16 @@ def test_sse_event_lines_as_httpx_reads_them(impl: Any, data: str) -> None:
 
 def test_sse_stream_hand_worked_example(impl: Any) -> None:
     events = collect(impl.sse_stream(from_list(["Hel", "lo\nworld", ""])))
-    assert b"".join(events) == (b"data: Hel\n\ndata: lo\ndata: world\n\ndata: \n\n"
-                                b"data: [DONE]\n\n")
-    assert collect(impl.sse_stream(from_list([]))) == [b"data: [DONE]\n\n"]
+    got = b"".join(events)
+    want = b"data: Hel\n\ndata: lo\ndata: world\n\ndata: \n\ndata: [DONE]\n\n"
+    wrong = {want.removesuffix(b"data: [DONE]\n\n"): "no 'data: [DONE]' event at the end: the "
+                                                     "client reads it as the end of the stream",
+             want.replace(b"data: \n\n", b""): "an empty piece dropped: every piece is one "
+                                                "event, an empty one too"}
+    assert got == want, (f"likely cause: {wrong.get(got, 'one sse_event per piece, then DONE')}: "
+                         f"the stream {got!r}, want {want!r}")
+    assert collect(impl.sse_stream(from_list([]))) == [b"data: [DONE]\n\n"], \
+        "likely cause: no 'data: [DONE]' event at the end of an empty stream"
 
 
 PIECES = st.lists(st.one_of(st.text(max_size=8), st.sampled_from(["", "[DONE]", "\n", "a\r\nb"])),
@@ -258,7 +307,8 @@ def test_sse_stream_sends_each_piece_as_it_arrives(impl: Any) -> None:
     try:
         events = asyncio.run(go())
     except TimeoutError:
-        pytest.fail("the first piece was not sent before the second arrived (buffered)")
+        pytest.fail("likely cause: the stream is buffered: yield each event as its piece "
+                    "arrives; the first piece was not sent before the second arrived")
     assert events == [b"data: first\n\n", b"data: second\n\n", b"data: [DONE]\n\n"]
 
 
@@ -272,9 +322,21 @@ def test_generate_hand_worked_example(impl: Any) -> None:
     app = impl.basic_app(run, [KEY])
     answer = post(app, {"prompt": "cab", "max_tokens": 4, "temperature": 0})
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"generated_text": "aaaa", "prompt_tokens": 3, "completion_tokens": 4}
+    got = answer.json()
+    assert got == {"generated_text": "aaaa", "prompt_tokens": 3, "completion_tokens": 4}, (
+        "likely cause: the request's sampling options never reach the sampler (temperature 0 "
+        "is greedy: sample_settings(body))" if got.get("generated_text") not in (None, "aaaa")
+        else "likely cause: the answer is not the generated text and the two token counts"
+    ) + f": {got}"
     answer = post(app, {"prompt": "cab", "max_tokens": 2, "temperature": 0, "stream": True})
-    assert answer.text == 'data: {"text": "a"}\n\ndata: {"text": "a"}\n\ndata: [DONE]\n\n'
+    want = 'data: {"text": "a"}\n\ndata: {"text": "a"}\n\ndata: [DONE]\n\n'
+    assert answer.text == want, (
+        'likely cause: "stream": true ignored: answer text/event-stream, a StreamingResponse '
+        "over sse_stream" if not answer.text.startswith("data: ") else
+        "likely cause: stream events are not JSON: each event's data is "
+        'json.dumps({"text": piece})' if answer.text == 'data: a\n\ndata: a\n\ndata: [DONE]\n\n'
+        else "likely cause: the stream is not one {\"text\": piece} event per piece, then DONE"
+    ) + f": {answer.text!r}"
 
 
 SETTINGS = st.fixed_dictionaries({
@@ -300,8 +362,23 @@ def test_generate_matches_the_inference_path(
     answer = post(impl.basic_app(run, [KEY]), {"prompt": prompt, **options})
     assert answer.status_code == 200, answer.text
     text, n_prompt, n_drawn = expected_answer(run, prompt, **options)
-    assert answer.json() == {"generated_text": text, "prompt_tokens": n_prompt,
-                             "completion_tokens": n_drawn}
+    got = answer.json()
+    want = {"generated_text": text, "prompt_tokens": n_prompt, "completion_tokens": n_drawn}
+    causes = []
+    if got.get("prompt_tokens") != n_prompt:
+        causes.append("prompt_tokens counted before the template and truncation: count the ids "
+                      "the model sees (prompt_ids)" if got.get("prompt_tokens") ==
+                      len(run.tokenizer.encode(prompt)) else "prompt_tokens is not the number of "
+                      "ids the model sees (prompt_ids)")
+    if got.get("completion_tokens") != n_drawn:
+        causes.append("completion_tokens counted from the text: count the tokens drawn "
+                      "(on_token), not characters" if got.get("completion_tokens") ==
+                      len(got.get("generated_text", "")) else "completion_tokens is not the "
+                      "number of tokens drawn (eos included)")
+    if got.get("generated_text") != text:
+        causes.append("the text is not what the inference path generates for the same prompt "
+                      "and settings (sample_settings(body), stream_text)")
+    assert got == want, f"likely cause: {'; '.join(causes) or 'another answer'}: {got}, want {want}"
 
 
 def test_generate_counts_the_prompt_as_the_model_sees_it(
@@ -344,8 +421,9 @@ def test_generate_runs_the_model_off_the_event_loop(impl: Any, char_run: Loaded)
             assert answer.status_code == 200, answer.text
             assert threads, "the model never ran"
             assert loop_thread not in threads, (
-                f"stream={stream}: a forward pass ran on the event loop's thread: draw the "
-                "tokens in a worker thread (iterate_in_threadpool)")
+                "likely cause: generation runs on the event loop and blocks it: draw the tokens "
+                f"in a worker thread (iterate_in_threadpool); stream={stream}: a forward pass ran "
+                "on the event loop's thread")
     finally:
         hook.remove()
 

@@ -233,6 +233,38 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "results_in_finishing_order": {"run_batched": _run(results_by_finish=True)},
 }
 
+# Hints that teach: for each classic bug, a regex of the cause the first spec test that catches
+# it must name in its failure message (tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "finished_left_in_batch": r"finished sequence .*is left in the batch",
+    "finished_never_retired": r"retire removes nothing",
+    "positions_restart_at_zero": r"positions restart at 0",
+    "one_shared_generator": r"one generator for the batch",
+    "admits_beyond_max_batch": r"admitted past max_batch",
+    "lifo_admission": r"last in first out",
+    "rows_not_compacted": r"rows not compacted",
+    "one_position_for_the_batch": r"one position for the whole batch",
+    "position_one_too_far": r"position one too far",
+    "global_generator": r"own seq\.generator",
+    "rows_compacted_out_of_order": r"rows out of order",
+    "prefill_samples_the_first_position": r"first position's logits",
+    "prefill_caches_only_the_last_token": r"only the last prompt token",
+    "cancelled_waiting_still_prefilled": r"cancelled waiting sequence is prefilled",
+    "done_at_first_token_takes_a_row": r"done at its first token takes a row",
+    "eos_ignored": r"eos ignored",
+    "eos_anywhere_in_the_tokens": r"eos anywhere",
+    "eos_in_the_prompt_counts": r"prompt's eos counts",
+    "one_token_too_many": r"off by one",
+    "block_size_ignored": r"block_size ignored",
+    "cancellation_ignored": r"cancellation ignored",
+    "queue_bound_off_by_one": r"off by one",
+    "refused_yet_queued": r"refused yet queued",
+    "queue_full_without_the_limit": r"does not name the limit",
+    "decode_before_admit": r"decode before admit",
+    "arrivals_ignored": r"arrivals ignored",
+    "results_in_finishing_order": r"results in finishing order",
+}
+
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("run_batched", "while pending and arrivals[pending[0]] < step:"):
         "every arrival joins exactly one step later, so the whole schedule shifts by one step: "

@@ -186,6 +186,38 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "dpo_sum_over_the_batch": {"dpo_loss": _dpo(reduce="sum")},
 }
 
+# Hints that teach: for each classic bug, a regex of the cause the first spec test that catches
+# it must name in its failure message (tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "loss_on_prompt_tokens": r"loss on the prompt",
+    "loss_on_the_assistant_role_token": r"loss on the assistant role token",
+    "end_token_not_learned": r"<\|end\|> not learned",
+    "only_the_last_turn_learned": r"only the last assistant turn learned",
+    "no_end_token_in_training": r"no <\|end\|> after each turn",
+    "inference_prompt_without_the_assistant_token": r"must end with <\|assistant\|>",
+    "render_with_a_newline_after_the_role": r"newline after the role",
+    "render_without_end_tokens": r"no <\|end\|> after each turn",
+    "render_with_a_newline_between_turns": r"newline between turns",
+    "specials_encoded_by_the_base_tokenizer": r"special string went to the base tokenizer",
+    "only_the_first_special_cut_out": r"only the first special string cut out",
+    "targets_not_shifted": r"targets not shifted",
+    "learn_flag_of_the_input_not_the_target": r"learn flag of the input",
+    "padding_on_the_left_without_positions": r"padding on the left",
+    "padding_targets_are_the_pad_id": r"padding targets are the pad id",
+    "logprob_mean_instead_of_sum": r"mean instead of the sum",
+    "logprob_includes_ignored_positions": r"ignored positions included",
+    "logprob_masks_by_multiplying": r"masking by multiplying",
+    "logprob_float64_cast_down_to_float32": r"cast down to float32",
+    "logprob_softmax_over_positions": r"over the positions \(dim 1\)",
+    "dpo_sign_flipped": r"sign flipped",
+    "dpo_missing_beta": r"β missing",
+    "dpo_reference_terms_swapped": r"reference terms swapped",
+    "dpo_chosen_and_rejected_swapped": r"chosen and rejected swapped",
+    "dpo_reference_not_frozen": r"reference log-probabilities are not detached",
+    "dpo_naive_log_of_sigmoid": r"logsigmoid",
+    "dpo_sum_over_the_batch": r"sum over the batch",
+}
+
 
 def _last_turn_only(tokenizer: Any, messages: Sequence[Message]) -> tuple[list[int], list[bool]]:
     """Only the final assistant turn is learned (earlier answers of a dialogue are not)."""

@@ -196,5 +196,35 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "apply_lora_leaves_layers_in_training_mode": {"apply_lora": _apply(keep_mode=False)},
 }
 
+# Hints that teach: for each classic bug, a regex of the cause the first spec test that catches
+# it must name in its failure message (tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "scaling_by_alpha_not_alpha_over_r": r"alpha alone: divide it by r",
+    "rslora_ignored": r"rslora ignored",
+    "scaling_r_over_alpha": r"r and alpha swapped",
+    "b_random_at_init": r"B initiali[sz]ed at random|B must start at zero",
+    "a_zero_b_random_at_init": r"A and B swapped",
+    "both_zero_at_init": r"A and B both zero",
+    "a_standard_normal": r"standard normal",
+    "a_and_b_transposed": r"A and B in the wrong order",
+    "forward_without_scaling": r"LoRA term is not multiplied by the scaling",
+    "dropout_on_the_base_path": r"dropout on the base path",
+    "dropout_in_eval_mode": r"dropout in eval mode",
+    "dropout_after_b": r"dropout after B",
+    "merged_forward_adds_the_delta_again": r"adds the LoRA term while merged",
+    "delta_weight_transposed": r"ΔW transposed",
+    "delta_weight_unscaled": r"ΔW is not multiplied by the scaling",
+    "merging_the_delta_twice": r"merge does not check merged",
+    "merge_leaves_merged_false": r"merge does not set merged = True",
+    "unmerge_adds_instead_of_subtracting": r"unmerge adds ΔW instead of subtracting",
+    "unmerge_leaves_merged_true": r"unmerge does not set merged = False",
+    "unmerge_when_not_merged": r"unmerge does not check merged",
+    "merge_lora_misses_nested_layers": r"misses nested layers|model\.modules\(\)",
+    "base_weights_left_trainable": r"not frozen",
+    "only_b_trainable": r"not every lora_A and lora_B is left trainable",
+    "apply_lora_does_not_freeze": r"not frozen|mark_only_lora_trainable",
+    "apply_lora_leaves_layers_in_training_mode": r"starts in training mode",
+}
+
 # Survivors of scripts/mutation.py that no test can tell from the solution, and why.
 EQUIVALENT: dict[tuple[str, str], str] = {}

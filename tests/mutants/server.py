@@ -191,4 +191,29 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "stream_ignored": {"generate": _route(never_streams=True)},
 }
 
+# Hints that teach: for each classic bug, a regex of the cause the first spec test that catches
+# it must name in its failure message (tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "empty_bearer_key_accepted": r"an empty key accepted",
+    "any_key_when_no_keys": r"any key accepted when no keys are configured",
+    "case_sensitive_scheme": r"scheme compared case-sensitively",
+    "early_exit_on_match": r"early exit on a match",
+    "plain_equality": r"compared with ==",
+    "key_prefix_accepted": r"prefix of a key accepted",
+    "header_not_stripped": r"header not stripped",
+    "no_blank_line_between_events": r"no blank line after the event",
+    "newlines_in_data_not_split": r"newlines in the data not split",
+    "splitlines_for_data_lines": r"splitlines",
+    "carriage_returns_not_split": r"carriage returns not split",
+    "no_done": r"no 'data: \[DONE\]' event",
+    "stream_buffered": r"stream is buffered",
+    "empty_pieces_dropped": r"empty piece dropped",
+    "blocking_generation_on_the_event_loop": r"runs on the event loop",
+    "prompt_tokens_before_the_template": r"prompt_tokens counted before the template",
+    "completion_tokens_from_the_text": r"completion_tokens counted from the text",
+    "sampling_options_ignored": r"sampling options never reach the sampler",
+    "stream_events_not_json": r"stream events are not JSON",
+    "stream_ignored": r'"stream": true ignored',
+}
+
 EQUIVALENT: dict[tuple[str, str], str] = {}
