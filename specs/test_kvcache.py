@@ -42,6 +42,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
+from specs.hints import assert_close, likely
+
 COMPONENT = "kvcache"
 pytestmark = pytest.mark.kvcache
 
@@ -99,8 +101,15 @@ def test_cache_update_hand_worked_example(impl: Any) -> None:
     k_cache, v_cache = torch.zeros(1, 1, 4, 1), torch.zeros(1, 1, 4, 1)
     k = torch.tensor([[[[5.0], [6.0]]]])  # (B=1, nh=1, T=2, hs=1)
     impl.cache_update(k_cache, v_cache, k, -k, torch.tensor([[2, 3]]))
-    assert k_cache[0, 0, :, 0].tolist() == [0, 0, 5, 6], "keys at slots 2 and 3"
-    assert v_cache[0, 0, :, 0].tolist() == [0, 0, -5, -6], "values beside them"
+    keys, values = k_cache[0, 0, :, 0].tolist(), v_cache[0, 0, :, 0].tolist()
+    assert keys == [0, 0, 5, 6], (
+        "likely cause: the block is written at slots 0..T-1 (positions restart at zero each "
+        "step); write token t at slot input_pos[b, t]" if keys == [5, 6, 0, 0]
+        else "keys at slots 2 and 3") + f", got {keys}"
+    assert values == [0, 0, -5, -6], (
+        "likely cause: the values are never written to v_cache (only the keys are cached, or "
+        "the values go into a copy); write both in place" if values == [0, 0, 0, 0]
+        else "values beside the keys") + f", got {values}"
 
 
 @given(data=st.data())
@@ -119,8 +128,14 @@ def test_cache_update_matches_index_copy(impl: Any, data: st.DataObject) -> None
     for b in range(B):
         want_k[b].index_copy_(1, input_pos[b], k[b])
         want_v[b].index_copy_(1, input_pos[b], v[b])
+    before = k_cache.clone()
     impl.cache_update(k_cache, v_cache, k, v, input_pos)
-    assert torch.equal(k_cache, want_k), f"keys at {slots}"
+    row0 = before.clone()  # the bug's answer: every row written at row 0's slots
+    for b in range(B):
+        row0[b].index_copy_(1, input_pos[0], k[b])
+    hint = likely(k_cache, {"every row is written at row 0's slots; input_pos is (B, T), one "
+                            "row of slots per batch row": row0}, atol=0, rtol=0)
+    assert torch.equal(k_cache, want_k), f"{hint or 'keys'} at {slots}"
     assert torch.equal(v_cache, want_v), f"values at {slots}"
 
 
@@ -162,7 +177,18 @@ def test_cached_attention_hand_worked_example(impl: Any) -> None:
     v_cache = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [100.0, 100.0]]]])
     out = impl.cached_attention(q, k_cache, v_cache, torch.tensor([[1]]))
     w0 = 1.0 / (1.0 + math.exp(-1.0 / math.sqrt(2.0)))  # 0.6698
-    torch.testing.assert_close(out, torch.tensor([[[[w0, 1.0 - w0]]]]), atol=1e-6, rtol=0)
+    unscaled = 1.0 / (1.0 + math.exp(-1.0))  # the scores without the 1/sqrt(hs)
+    assert_close(out, torch.tensor([[[[w0, 1.0 - w0]]]]), atol=1e-6, rtol=0,
+                 what="one query at slot 1", wrong={
+        "the query sees slot 0 alone: the mask hides the query's own slot (s < p where s <= p "
+        "is meant) or is top-left aligned (the query's index in the block, not its slot "
+        "input_pos)": torch.tensor([[[[1.0, 0.0]]]]),
+        "the query sees only its own new key, not the cache: attend over k_cache and v_cache "
+        "up to its slot": torch.tensor([[[[0.0, 1.0]]]]),
+        "the scores are not scaled by 1/sqrt(head_size)": torch.tensor([[[[unscaled, 1.0 - unscaled]]]]),
+        "no mask: slot 2, past the query, is visible": lambda: F.scaled_dot_product_attention(
+            q, k_cache, v_cache)}, hint="the mask is bottom-right aligned: slot s is visible to "
+        "the query at slot p iff s <= p; the scores are q @ k^T / sqrt(head_size)")
 
 
 def _mask(input_pos: Tensor, S: int) -> Tensor:
@@ -295,7 +321,19 @@ def test_greedy_generate_cached_matches_hf_generate(
             want = hf.generate(p[None], max_new_tokens=max_new, do_sample=False,
                                use_cache=False, pad_token_id=0,
                                attention_mask=torch.ones(1, len(p), dtype=torch.long))
-        assert out[b].tolist() == want[0, len(p):].tolist(), f"row {b}, prompt {p.tolist()}"
+        if out[b].tolist() != want[0, len(p):].tolist() and len(p) < idx.shape[1]:
+            with torch.no_grad():  # the bug's answer: the padded row read as the prompt
+                padded = hf.generate(idx[b : b + 1], max_new_tokens=max_new, do_sample=False,
+                                     use_cache=False, pad_token_id=0,
+                                     attention_mask=torch.ones_like(idx[b : b + 1]))
+            hint = likely(out[b], {"row b's first token is read at the padded width's end, not "
+                                   "at its own last position lengths[b] - 1 (and its next "
+                                   "tokens go at slots lengths[b], ...)": padded[0, idx.shape[1]:]},
+                          atol=0, rtol=0)
+        else:
+            hint = ""
+        assert out[b].tolist() == want[0, len(p):].tolist(), (
+            f"{hint or 'greedy tokens'}: row {b}, prompt {p.tolist()} padded to {idx.shape[1]}")
 
 
 def test_sampled_generate_cached_matches_a_sampling_loop(impl: Any) -> None:
@@ -321,7 +359,10 @@ def test_sampled_generate_cached_matches_a_sampling_loop(impl: Any) -> None:
             seq = torch.cat([seq, nxt], dim=1)
     out = impl.generate_cached(prompt, ours(hf), config_for(impl), 15, temperature=0.8,
                                top_k=10, top_p=0.9, generator=torch.Generator().manual_seed(6))
-    assert out[0].tolist() == seq[0, 4:].tolist()
+    assert out[0].tolist() == seq[0, 4:].tolist(), (
+        "likely cause: the draws do not use `generator` (torch.multinomial(probs, 1, "
+        "generator=generator)), or temperature, top-k and top-p are not applied in that order: "
+        f"got {out[0].tolist()}, want {seq[0, 4:].tolist()}")
 
 
 def test_generation_makes_nothing_on_the_default_device(impl: Any) -> None:

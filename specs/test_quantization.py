@@ -47,6 +47,8 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
+from specs.hints import likely
+
 COMPONENT = "quantization"
 pytestmark = pytest.mark.quantization
 
@@ -131,14 +133,45 @@ def test_quantize_per_channel_hand_worked_example(impl: Any) -> None:
     """Row 0: absmax 127, scale exactly 1; 2.5 and -3.5 are ties (to 2 and -4), 1.4 rounds to 1.
     Row 1: absmax |-254|, scale 2; 3 / 2 = 1.5 -> 2, -5 / 2 = -2.5 -> -2. Row 2: zeros."""
     w = torch.tensor([[127.0, 2.5, -3.5, 1.4], [-254.0, 3.0, -5.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    q, scale = impl.quantize_per_channel(w)
+    try:
+        q, scale = impl.quantize_per_channel(w)
+    except NotImplementedError:
+        raise
+    except RuntimeError as error:  # a (4,) scale against 3 rows: a shape error inside
+        raise AssertionError(
+            "likely cause: the scales are taken along the wrong axis (per input channel, "
+            "amax(dim=0)); one scale per output channel, a row of the (out, in) weight: "
+            f"abs().amax(dim=1)\n{error}") from None
     want_q = int8([[127, 2, -4, 1], [-127, 2, -2, 0], [0, 0, 0, 0]])
     want_scale = torch.tensor([1.0, 2.0, 1.0])
     assert q.dtype == torch.int8, f"q must be int8, got {q.dtype}"
     assert scale.dtype == torch.float32, f"scale must be float32, got {scale.dtype}"
-    assert torch.equal(scale, want_scale), f"scale = {scale}, want {want_scale} (absmax / 127 " \
-        "per row, 1 for an all-zero row)"
-    assert torch.equal(q, want_q), f"q = {q}, want {want_q}"
+    absmax, row_max = w.abs().amax(1), w.amax(1)
+    hint = likely(scale, {  # what each classic bug's scale would be, from torch ops on w
+        "one scale for the whole tensor (per-tensor); one per output channel, a row: "
+        "abs().amax(dim=1) / 127": (w.abs().amax() / 127).expand(3),
+        "the scale comes from the max, not the absolute max: a row whose largest entry is "
+        "negative needs w.abs().amax(dim=1)": torch.where(row_max > 0, row_max / 127, 1.0),
+        "scale = absmax / 128 (the 'full int8 range' [-128, 127]); symmetric int8 uses "
+        "[-127, 127]: absmax / 127": torch.where(absmax > 0, absmax / 128, 1.0),
+        "scale = absmax / 255 (the uint8 range); symmetric int8 uses absmax / 127":
+            torch.where(absmax > 0, absmax / 255, 1.0),
+        "an affine scale (max - min) / 255 with a zero point; this format is symmetric, "
+        "absmax / 127, no zero point": torch.where(
+            absmax > 0, (w.amax(1).clamp(min=0) - w.amin(1).clamp(max=0)) / 255, 1.0),
+        "an all-zero row gets scale 0 (absmax / 127 divides by zero later); give it scale 1":
+            torch.tensor([1.0, 2.0, 0.0]),
+    }, atol=0, rtol=0) or "likely cause: scale is not absmax / 127 per row (1 for an all-zero row)"
+    assert torch.equal(scale, want_scale), f"{hint}: scale = {scale}, want {want_scale}"
+    quotient = w / want_scale[:, None]
+    hint = likely(q, {  # the right scales, rounded the wrong way
+        "truncation toward zero (.to(torch.int8) or trunc) instead of round to nearest: "
+        "torch.round": torch.trunc(quotient).to(torch.int8),
+        "floor instead of round to nearest: torch.round": torch.floor(quotient).to(torch.int8),
+        "ties rounded half away from zero; torch.round rounds ties to even (2.5 -> 2, "
+        "-2.5 -> -2)": (torch.sign(quotient) * torch.floor(quotient.abs() + 0.5)).to(torch.int8),
+    }, atol=0, rtol=0) or "likely cause: q is not round(w / scale) (ties to even), clamped to ±127"
+    assert torch.equal(q, want_q), f"{hint}: q = {q}, want {want_q}"
 
 
 def test_dequantize_hand_worked_example(impl: Any) -> None:
@@ -147,7 +180,13 @@ def test_dequantize_hand_worked_example(impl: Any) -> None:
     out = impl.dequantize(int8([[127, -64], [1, 2]]), torch.tensor([0.5, 3.0]))
     want = torch.tensor([[63.5, -32.0], [3.0, 6.0]])
     assert out.dtype == torch.float32, f"dequantize must give float32, got {out.dtype}"
-    assert torch.equal(out, want), f"dequantize = {out}, want {want}"
+    q, scale = int8([[127, -64], [1, 2]]).float(), torch.tensor([0.5, 3.0])
+    hint = likely(out, {
+        "the scale is forgotten: q * scale[:, None]": q,
+        "each column is multiplied by a scale; the scale is per row (output channel): "
+        "scale[:, None], not scale[None, :]": q * scale[None, :],
+    }, atol=0, rtol=0) or "likely cause: dequantize is not q * scale, one scale per row"
+    assert torch.equal(out, want), f"{hint}: dequantize = {out}, want {want}"
 
 
 def test_quantized_linear_hand_worked_example(impl: Any) -> None:
@@ -155,15 +194,33 @@ def test_quantized_linear_hand_worked_example(impl: Any) -> None:
     scales [[1, -6]], plus the bias [1, 1]: [[2, -5]]. Then a square q with a full row and
     distinct scales, whose result differs if the scale multiplies the inputs instead."""
     q = int8([[2, 0], [0, -1]])
-    out = impl.quantized_linear(torch.tensor([[1.0, 3.0]]), q, torch.tensor([0.5, 2.0]),
-                                torch.tensor([1.0, 1.0]))
-    assert torch.equal(out, torch.tensor([[2.0, -5.0]])), f"got {out}, want [[2, -5]]"
-    no_bias = impl.quantized_linear(torch.tensor([[1.0, 3.0]]), q, torch.tensor([0.5, 2.0]))
-    assert torch.equal(no_bias, torch.tensor([[1.0, -6.0]])), f"got {no_bias}, want [[1, -6]]"
+    x, scale, bias = torch.tensor([[1.0, 3.0]]), torch.tensor([0.5, 2.0]), torch.tensor([1.0, 1.0])
+    out = impl.quantized_linear(x, q, scale, bias)
+    hint = linear_hint(out, x, q, scale, bias)
+    assert torch.equal(out, torch.tensor([[2.0, -5.0]])), f"{hint}got {out}, want [[2, -5]]"
+    no_bias = impl.quantized_linear(x, q, scale)
+    hint = linear_hint(no_bias, x, q, scale, None)
+    assert torch.equal(no_bias, torch.tensor([[1.0, -6.0]])), f"{hint}got {no_bias}, want [[1, -6]]"
     # W = [[1, 2], [12, 4]] (rows [1, 2] * 1 and [3, 1] * 4); x = [1, 10]: [21, 52], + [0, 1]
     q2, scale2 = int8([[1, 2], [3, 1]]), torch.tensor([1.0, 4.0])
-    out2 = impl.quantized_linear(torch.tensor([[1.0, 10.0]]), q2, scale2, torch.tensor([0.0, 1.0]))
-    assert torch.equal(out2, torch.tensor([[21.0, 53.0]])), f"got {out2}, want [[21, 53]]"
+    x2, bias2 = torch.tensor([[1.0, 10.0]]), torch.tensor([0.0, 1.0])
+    out2 = impl.quantized_linear(x2, q2, scale2, bias2)
+    hint = linear_hint(out2, x2, q2, scale2, bias2)
+    assert torch.equal(out2, torch.tensor([[21.0, 53.0]])), f"{hint}got {out2}, want [[21, 53]]"
+
+
+def linear_hint(out: Tensor, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> str:
+    """The likely cause, when ``out`` is what a classic bug of quantized_linear gives."""
+    w, b = q.float(), 0.0 if bias is None else bias
+    found = likely(out, {
+        "the bias is scaled too; add it after the scale: (x @ q.T) * scale + bias":
+            (x @ w.T + b) * scale,
+        "the weight is not transposed; q is (out, in): x @ q.T": x @ w * scale + b,
+        "the scale multiplies the inputs (per input channel); it scales the outputs, one per "
+        "output channel: (x @ q.T) * scale": (x * scale) @ w.T + b,
+        "the scale is forgotten: (x @ q.T) * scale": x @ w.T + b,
+    }, atol=0, rtol=0)
+    return f"{found}: " if found else ""
 
 
 def test_all_zero_rows_quantize_without_dividing_by_zero(impl: Any) -> None:
@@ -309,6 +366,9 @@ def test_quantized_linear_matches_f_linear_on_the_dequantized_weight(
     x = torch.randn(*batch, w.size(1), generator=g, dtype=torch.float64).to(dtype)
     bias = torch.randn(w.size(0), generator=g, dtype=torch.float64).to(dtype) if has_bias else None
     actual = impl.quantized_linear(x, q, scale, bias)
+    assert actual.dtype == dtype, (
+        f"likely cause: computed in {actual.dtype}, not in x's dtype {dtype} (q.float() where "
+        "q.to(x.dtype) is meant); the output keeps x's dtype")
     if dtype == torch.float32:
         weight = torch_dequantize(q, scale).double()
     else:
@@ -343,7 +403,17 @@ def test_every_output_is_on_the_inputs_device(impl: Any, device: str) -> None:
     """Every function returns on its inputs' device: a tensor made without ``device=`` (a
     constant 1 for zero rows, a zero point) lands on the CPU and fails to combine with meta."""
     w = torch.randn(6, 4, device=device)
-    q, scale = impl.quantize_per_channel(w)
+    try:
+        q, scale = impl.quantize_per_channel(w)
+    except NotImplementedError:
+        raise
+    except RuntimeError as error:
+        if "device" not in str(error):
+            raise
+        raise AssertionError(
+            "likely cause: a tensor made without device= (e.g. torch.ones(n) for the all-zero "
+            "rows' scale) lands on the CPU; make it with torch.ones_like(scale) or "
+            f"device=weight.device\n{error}") from None
     assert (q.device.type, scale.device.type) == (device, device), f"{q.device}, {scale.device}"
     assert (q.dtype, scale.dtype, q.shape, scale.shape) == (
         torch.int8, torch.float32, (6, 4), (6,)), f"{q.dtype} {scale.dtype}"

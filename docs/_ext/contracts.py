@@ -5,7 +5,8 @@ Two directives for the component pages (MyST: ```` ```{contract-table} attention
 * ``contract-table COMPONENT``: the ``clause | tests | oracle`` table from the module docstring
   of ``specs/test_<component>.py`` (read with ``ast``, without importing the spec);
 * ``classic-bugs COMPONENT``: the ``MUTANTS`` of ``tests/mutants/<component>.py``, each with the
-  functions it replaces, and the count of triaged ``EQUIVALENT`` mutants.
+  functions it replaces and, where ``HINTS`` names it, the cause the spec's failure message
+  names; and the count of triaged ``EQUIVALENT`` mutants.
 
 Both register their source files as dependencies, so an incremental build picks up a changed
 spec or mutants file. A missing file or table is a build error naming the file.
@@ -69,6 +70,11 @@ def classic_bugs(component: str) -> tuple[dict[str, list[str]], int]:
     return mutants, len(getattr(module, "EQUIVALENT", {}))
 
 
+def bug_hints(component: str) -> dict[str, str]:
+    """``{mutant: the regex its first failure message must match}`` (``HINTS``)."""
+    return dict(getattr(importlib.import_module(f"tests.mutants.{component}"), "HINTS", {}))
+
+
 class _ComponentDirective(SphinxDirective):
     required_arguments = 1
     has_content = False
@@ -121,16 +127,25 @@ class ClassicBugs(_ComponentDirective):
 
     def markdown(self, component: str) -> list[str]:
         mutants, equivalent = classic_bugs(component)
+        hints = bug_hints(component)
         triaged = (f"; {equivalent} survivors of the mutation tool are triaged there as "
                    "equivalent (`EQUIVALENT`)" if equivalent else "")
         lines = [
             f"The spec catches each of these {len(mutants)} bugs "
-            f"(`tests/mutants/{component}.py`, proved by `tests/test_mutants.py`){triaged}.",
+            f"(`tests/mutants/{component}.py`, proved by `tests/test_mutants.py`){triaged}. "
+            f"For {len(hints)} of them the first failing test names the likely cause; the "
+            "pattern its message matches is shown.",
             "",
         ]
         lines += [f"- `{name}` (replaces {', '.join(f'`{f}`' for f in functions)})"
+                  + (f"; the message names: {code(hints[name])}" if name in hints else "")
                   for name, functions in mutants.items()]
         return lines
+
+
+def code(text: str) -> str:
+    """Inline code in Markdown, for text that may hold a backtick itself."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

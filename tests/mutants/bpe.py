@@ -465,6 +465,49 @@ _LONGEST_FIRST = ("reverse lexicographic order also puts every special token bef
                   "proper prefixes (a prefix sorts first), and two alternatives of the regex can "
                   "both match at one position only when one is a prefix of the other: the longest "
                   "still wins wherever the order matters")
+# Hints that teach: the cause the first failing spec test must name for each classic bug
+# (a regex, case-insensitive; tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "pair_counts_skip_overlaps": r"skips past a pair",
+    "pair_counts_ignore_weight": r"weight is not used",
+    "pair_counts_ignore_counts_arg": r"counts argument is ignored",
+    "merge_right_to_left": r"right to left",
+    "merge_overlapping_occurrences": r"overlapping occurrences are both merged",
+    "merge_drops_last_element": r"last element is dropped",
+    "specials_first_listed_wins": r"first listed",
+    "specials_shortest_first": r"shortest",
+    "specials_not_escaped": r"not escaped",
+    "specials_keep_empty_pieces": r"empty pieces are kept",
+    "train_specials_not_cut_out": r"not cut out",
+    "train_merges_across_specials": r"glued together",
+    "ties_compared_by_ids": r"comparing ids",
+    "ties_to_first_seen": r"first pair seen",
+    "ties_to_smallest_pair": r"smallest pair",
+    "ties_second_token_first": r"second token first",
+    "ties_compared_by_repr": r"str\(bytes\)",
+    "ties_compared_as_decoded_text": r"decoded text",
+    "ties_compared_by_joined_bytes": r"joined bytes",
+    "train_one_merge_short": r"one merge short",
+    "train_counts_each_word_once": r"each distinct word is counted once",
+    "train_special_ids_in_sorted_order": r"sorted order",
+    "train_special_ids_before_merges": r"ids before the merges",
+    "train_without_pretokenization": r"cross word boundaries",
+    "encode_merges_highest_rank_first": r"not the highest rank",
+    "encode_merges_in_discovery_order": r"not the first pair found",
+    "encode_stops_after_one_merge": r"not one pass",
+    "encode_normalizes_unicode": r"normalized",
+    "encode_ignores_allowed_special": r"allowed_special is ignored",
+    "encode_without_pretokenization": r"no pre-tokenization",
+    "encode_cuts_out_specials_not_allowed": r"cut out and encoded alone",
+    "encode_iterable_per_piece": r"each piece is encoded alone",
+    "decode_drops_invalid_bytes": r"dropped \(errors='ignore'\)",
+    "decode_raises_on_partial_utf8": r"raises on a cut character",
+    "decode_latin1": r"Latin-1",
+    "decode_token_by_token": r"each token decoded alone",
+    "decode_one_replacement_per_invalid_byte": r"one U\+FFFD per invalid byte",
+    "decode_skips_unknown_ids": r"unknown ids are skipped",
+}
+
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("xǁTokenizerǁencode", 'cache[word] = self.encode_word(word.encode("UTF-8"))'): _CODEC_NAME,
     ("train_bpe", 'words = [(list(word.encode("UTF-8")), count) for word, count in '

@@ -41,17 +41,21 @@ def _update_keys_only(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor,
 
 def _attention(strict: bool = False, top_left: bool = False, new_only: bool = False) -> Any:
     def attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
+        # the cache in the queries' dtype and slots on their device, as the solution has them:
+        # each mutant is its one bug
+        k_cache, v_cache = k_cache.to(q.dtype), v_cache.to(q.dtype)
         S, T = k_cache.shape[2], q.shape[2]
         if new_only:  # a cache that attention ignores: only the block's own slots
-            rows = torch.arange(q.shape[0])[:, None]
+            rows = torch.arange(q.shape[0], device=q.device)[:, None]
             k = k_cache.transpose(1, 2)[rows, input_pos].transpose(1, 2)
             v = v_cache.transpose(1, 2)[rows, input_pos].transpose(1, 2)
-            pos = torch.arange(T).expand_as(input_pos)
+            pos = torch.arange(T, device=q.device).expand_as(input_pos)
             return _cached_attention(q, k, v, pos)
         scores = q @ k_cache.transpose(-2, -1) / math.sqrt(q.size(-1))
-        slots = torch.arange(S)[None, None, None, :]
+        slots = torch.arange(S, device=q.device)[None, None, None, :]
         if top_left:  # the query's index in the block, not its slot
-            pos = torch.arange(T)[None, None, :, None].expand(q.shape[0], 1, T, 1)
+            pos = torch.arange(T, device=q.device)[None, None, :, None]
+            pos = pos.expand(q.shape[0], 1, T, 1)
         else:
             pos = input_pos[:, None, :, None]
         visible = slots < pos if strict else slots <= pos
@@ -88,6 +92,20 @@ MUTANTS: dict[str, dict[str, Any]] = {
     "attention_without_the_scale": {"cached_attention": _no_scale},
     "padded_rows_read_at_the_padded_end": {"generate_cached": _generate("ignore_lengths")},
     "sampling_ignores_the_generator": {"generate_cached": _generate("no_generator")},
+}
+
+# Hints that teach: the cause the first failing spec test must name for each classic bug
+# (a regex, case-insensitive; tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "positions_restart_at_zero_each_step": r"slots 0\.\.T-1|restart at zero",
+    "all_rows_written_at_row_0s_slots": r"row 0's slots",
+    "values_never_cached": r"values are never written",
+    "attention_ignores_the_cache": r"only its own new key, not the cache",
+    "mask_hides_the_querys_own_slot": r"hides the query's own slot|s <= p",
+    "mask_top_left_aligned": r"top-left aligned",
+    "attention_without_the_scale": r"1/sqrt\(head_size\)",
+    "padded_rows_read_at_the_padded_end": r"padded width's end|lengths\[b\] - 1",
+    "sampling_ignores_the_generator": r"do not use `generator`",
 }
 
 EQUIVALENT: dict[tuple[str, str], str] = {

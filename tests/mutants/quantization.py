@@ -140,3 +140,25 @@ MUTANTS: dict[str, dict[str, Any]] = {
 
 # Survivors of scripts/mutation.py that no test can tell from the solution, and why.
 EQUIVALENT: dict[tuple[str, str], str] = {}
+
+# Hints that teach: the cause the first failing spec test must name for each classic bug
+# (a regex, case-insensitive; tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "per_tensor_scale": r"one scale for the whole tensor|per-tensor",
+    "per_input_channel_scale": r"wrong axis|per input channel",
+    "scale_from_max_not_absmax": r"not the absolute max",
+    "scale_absmax_over_128_clamp_minus_128": r"absmax / 128",
+    "scale_absmax_over_255": r"absmax / 255",
+    "zero_point": r"zero point",
+    "truncation_instead_of_rounding": r"truncation",
+    "floor_instead_of_rounding": r"floor instead of round",
+    "round_half_away_from_zero": r"half away from zero|ties to even",
+    "zero_row_divides_by_zero": r"all-zero row gets scale 0",
+    "zero_row_scale_made_on_the_cpu": r"without device=",
+    "dequantize_forgets_the_scale": r"scale is forgotten",
+    "dequantize_scales_columns": r"per row|scale\[:, None\]",
+    "linear_scale_per_input_channel": r"scale multiplies the inputs",
+    "linear_bias_scaled": r"bias is scaled",
+    "linear_upcasts_to_float32": r"x's dtype",
+    "linear_weight_not_transposed": r"not transposed",
+}

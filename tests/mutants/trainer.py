@@ -348,6 +348,48 @@ MUTANTS: dict[str, dict[str, Any]] = {
 }
 
 # Survivors of scripts/mutation.py that no test can tell from the solution.
+# Hints that teach: the cause the first failing spec test must name for each classic bug
+# (a regex, case-insensitive; tests/test_mutants.py checks it).
+HINTS: dict[str, str] = {
+    "targets_not_shifted": r"y is x itself",
+    "start_past_the_end": r"range of starts is off by one",
+    "ignores_the_generator": r"generator=generator",
+    "keeps_the_file_dtype": r"file's dtype is kept",
+    "batch_left_on_the_cpu": r"not moved to the device",
+    "last_start_unreachable": r"range of starts is off by one",
+    "softmax_without_max_shift": r"subtract each row's max",
+    "softmax_shifted_by_the_global_max": r"each row's own max",
+    "log_of_the_softmax": r"log\(softmax\)",
+    "loss_summed_not_averaged": r"summed over the positions, not averaged",
+    "loss_summed_over_time": r"summed over time",
+    "loss_of_the_wrong_target": r"wrong logit",
+    "ignore_index_always_minus_one": r"ignore_index argument is not read",
+    "ignored_positions_counted_in_the_mean": r"ignored positions are counted in the mean",
+    "adam_no_bias_correction": r"no bias correction",
+    "eps_inside_sqrt": r"eps inside the square root",
+    "weight_decay_in_the_gradient": r"weight decay added to the gradient",
+    "weight_decay_without_lr": r"weight decay without the learning rate",
+    "weight_decay_after_the_update": r"weight decay applied after",
+    "betas_swapped": r"betas swapped",
+    "warmup_off_by_one_from_zero": r"warm-up starts at 0",
+    "warmup_off_by_one_denominator": r"warmup_steps \+ 1",
+    "cosine_ratio_ignores_warmup": r"progress ignores the warm-up",
+    "cosine_without_floor": r"no floor",
+    "cosine_decays_to_zero": r"decays to 0",
+    "cosine_without_half": r"lacks its half",
+    "clip_each_tensor_alone": r"each tensor is clipped alone",
+    "clip_sum_of_norms": r"sum of the tensors' norms",
+    "clip_l1_norm": r"L1 norm",
+    "clip_scales_small_gradients_up": r"scaled up",
+    "clip_returns_clipped_norm": r"after clipping",
+    "clip_returns_a_float": r"Python number",
+    "accumulation_without_dividing_the_loss": r"divide each one by k",
+    "reported_loss_is_the_sum": r"summed, not averaged",
+    "zero_grad_inside_the_accumulation_loop": r"zero_grad inside the micro-batch loop",
+    "gradients_never_zeroed": r"not zeroed at the start of each step",
+    "grad_norm_zero_without_clipping": r"norm reported without clipping",
+}
+
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("train_step", 'grad_norm = float("NAN")'): (
         "float() parses 'nan' case-insensitively: float('NAN') is the same nan as float('nan'), "
