@@ -333,9 +333,9 @@ def study_table(records: list[StudyRecord]) -> str:
     wall-clock, its difference from the plain Llama-style variant, speed and memory."""
     if not records:
         return "Not run yet: `python scripts/study.py` (about 50 minutes on 2 cores)."
-    rows = ["| variant | data | what changes (config, overrides) | parameters | steps in the "
-            "budget | tokens/s | peak RSS (MB) | validation loss | vs llama |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | data | what changes (config, overrides) | parameters | steps | "
+            "training s | tokens/s | peak RSS (MB) | validation loss | vs llama |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     order = ["char", "bpe"]
     for r in sorted(records, key=lambda r: (order.index(r.data) if r.data in order else 9,
                                             r.val_loss)):
@@ -345,8 +345,8 @@ def study_table(records: list[StudyRecord]) -> str:
         what = r.config + (": " + ", ".join(o.removeprefix("model.").removeprefix("train.")
                                             for o in r.overrides) if r.overrides else "")
         rows.append(f"| {r.variant} | {r.data} | {what} | {r.parameters:,} | {r.steps:,} | "
-                    f"{r.tokens_per_s:,.0f} | {r.peak_rss_mb:,.0f} | {r.val_loss:.4f} | "
-                    f"{delta} |")
+                    f"{r.train_seconds:.0f} | {r.tokens_per_s:,.0f} | {r.peak_rss_mb:,.0f} | "
+                    f"{r.val_loss:.4f} | {delta} |")
     budgets = sorted({f"{r.budget_s:g} s" for r in records})
     machines = sorted({f"{r.machine.split(', load')[0]}, {r.date}" for r in records})
     loads = [float(r.machine.rpartition("load ")[2]) for r in records if "load " in r.machine]

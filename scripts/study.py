@@ -202,7 +202,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
                     color=colours.get(r["variant"]))
         if data == "char":
             ax.axhline(GOAL_CHAR, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(f"goal {GOAL_CHAR}", (0, GOAL_CHAR), xytext=(2, 2),
+            ax.annotate(f"goal {GOAL_CHAR:.2f}", (0.01, GOAL_CHAR),
+                        xycoords=("axes fraction", "data"), xytext=(0, 2),
                         textcoords="offset points", fontsize=8, color="grey")
         ax.set(title=f"Tiny Shakespeare, {data} tokens", xlabel="training wall-clock (s)",
                ylabel="validation loss (nats / token)")

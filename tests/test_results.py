@@ -101,7 +101,7 @@ def test_the_study_table_shows_each_variant_against_plain_llama() -> None:
                optimizer="muon")])
     lines = table.splitlines()
     assert lines[2].startswith("| combo | char | llama_char.yaml: qk_norm=true, optimizer=muon | "
-                               "804,224 | 600 | 12,000 | 400 | 1.6200 | -0.1300 |")
+                               "804,224 | 600 | 104 | 12,000 | 400 | 1.6200 | -0.1300 |")
     assert lines[3].endswith("| 1.7500 | - |")  # sorted by loss; the baseline has no delta
     assert "104 s; x86_64, 2 cores, 2 threads, 2026-11-29; load average at the start 0.50" in table
     assert "Not run yet" in results.study_table([])
