@@ -41,9 +41,8 @@ from reference.generate import generate
 from reference.inference import load
 from reference.model import GPT, GPTConfig
 from reference.tokenizers import BPETokenizer, CharTokenizer
-from reference.trainer.config import load_config
 from reference.trainer.data import load_token_data
-from reference.trainer.loop import Trainer
+from tests.runs import tiny_char_run
 
 SECTIONS = ["## Summary", "## Loss curves", "## Perplexity by position in the context",
             "## Calibration of next-token probabilities", "## Samples", "## Error analysis"]
@@ -54,21 +53,7 @@ QUICK = ["--max-new-tokens", "12", "--temperature", "0.8", "--temperature", "1.0
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny character-level run with two evaluations in its metrics log (a few seconds)."""
-    root = tmp_path_factory.mktemp("evalrun")
-    text = root / "corpus.txt"
-    text.write_text("the cat sat on the mat. a dog ran to the log! " * 300, encoding="utf-8")
-    config = load_config(overrides=[
-        f"train.out_dir={root / 'run'}", "train.device=cpu", "train.threads=1",
-        "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
-        "data.source=text", f"data.path={text}", "train.batch_size=4", "train.max_steps=8",
-        "train.warmup_steps=1", "train.eval_interval=4", "train.eval_steps=1",
-        "train.log_interval=1", "train.progress=false", "train.tensorboard=false",
-        "train.plot=false", "sample.prompt=the ", "sample.max_new_tokens=8",
-    ])
-    threads = torch.get_num_threads()
-    Trainer(config).fit()
-    torch.set_num_threads(threads)
-    return root / "run"
+    return tiny_char_run(tmp_path_factory.mktemp("evalrun"))
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,17 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> Non
     torch.testing.assert_close(actual, expected, atol=TOL, rtol=0,
                                msg=lambda m: f"{what} differs from Hugging Face:\n{m}")
 
+def assert_grads_equal_hf(ours: Llama, hf: Any, case: str) -> None:
+    """Every parameter's gradient, after ``backward`` on both, equals Hugging Face's (in its
+    layout), within ``TOL`` of the gradient's largest entry."""
+    ours_grads = to_hf_state_dict({n: p.grad for n, p in ours.named_parameters()
+                                   if p.grad is not None}, ours.config)
+    for name, p in hf.named_parameters():
+        want = p.grad
+        torch.testing.assert_close(
+            ours_grads[name], want, atol=TOL * float(want.abs().max()), rtol=0,
+            msg=lambda m, name=name: f"{case}: grad of {name}:\n{m}")
+
 
 CASES = {
     "mha": {},
@@ -104,12 +115,7 @@ def test_logits_loss_and_gradients_match_hf_llama(case: str) -> None:
     assert_close(loss, out.loss, f"{case}: loss")
     loss.backward()
     out.loss.backward()
-    ours_grads = to_hf_state_dict({n: p.grad for n, p in ours.named_parameters()
-                                   if p.grad is not None}, ours.config)
-    for name, p in hf.named_parameters():
-        g, want = ours_grads[name], p.grad
-        torch.testing.assert_close(g, want, atol=TOL * float(want.abs().max()), rtol=0,
-                                   msg=lambda m, name=name: f"{case}: grad of {name}:\n{m}")
+    assert_grads_equal_hf(ours, hf, case)
 
 
 def test_config_round_trips_through_the_hf_layout() -> None:
@@ -165,12 +171,7 @@ def test_mixtral_logits_loss_and_expert_counts_match_hf() -> None:
     assert counts.sum(dim=1).tolist() == [2 * 11 * 2] * L  # every token to 2 experts per layer
     loss.backward()
     out.loss.backward()
-    ours_grads = to_hf_state_dict({n: p.grad for n, p in ours.named_parameters()
-                                   if p.grad is not None}, ours.config)
-    for name, p in hf.named_parameters():
-        want = p.grad
-        torch.testing.assert_close(ours_grads[name], want, atol=TOL * float(want.abs().max()),
-                                   rtol=0, msg=lambda m, name=name: f"grad of {name}:\n{m}")
+    assert_grads_equal_hf(ours, hf, "mixtral")
 
 
 def test_save_and_load_in_the_hf_layout(tmp_path: Path) -> None:
@@ -318,12 +319,7 @@ def test_sliding_window_logits_loss_and_gradients_match_hf_mistral(n_kv: int) ->
     assert_close(full(idx)[0][:, :W], logits[:, :W], "the first W tokens, window or not")
     loss.backward()
     out.loss.backward()
-    ours_grads = to_hf_state_dict({n: p.grad for n, p in ours.named_parameters()
-                                   if p.grad is not None}, ours.config)
-    for name, p in hf.named_parameters():
-        want = p.grad
-        torch.testing.assert_close(ours_grads[name], want, atol=TOL * float(want.abs().max()),
-                                   rtol=0, msg=lambda m, name=name: f"grad of {name}:\n{m}")
+    assert_grads_equal_hf(ours, hf, "sliding window")
 
 
 def test_sliding_window_exports_and_saves_as_mistral(tmp_path: Path) -> None:

@@ -27,8 +27,7 @@ from reference.inference import with_context
 from reference.llama import Llama, LlamaConfig
 from reference.model import GPT, GPTConfig
 from reference.rope import RopeScaling, parse_rope_scaling
-from reference.trainer.config import load_config
-from reference.trainer.loop import Trainer
+from tests.runs import tiny_char_run
 
 V, C, NH, L, W, BLOCK = 61, 32, 4, 2, 6, 16  # vocab, width, heads, layers, window, block_size
 
@@ -255,20 +254,7 @@ def test_with_context_extends_a_llama_and_refuses_a_gpt_past_block_size() -> Non
 @pytest.fixture(scope="module")
 def llama_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama-style character run, block_size 16 (a few seconds)."""
-    root = tmp_path_factory.mktemp("longrun")
-    text = root / "corpus.txt"
-    text.write_text("the cat sat on the mat. a dog ran to the log! " * 300, encoding="utf-8")
-    config = load_config(overrides=[
-        f"train.out_dir={root / 'run'}", "train.device=cpu", "train.threads=1",
-        "model.arch=llama", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
-        "model.block_size=16", "data.source=text", f"data.path={text}", "train.batch_size=4",
-        "train.max_steps=8", "train.warmup_steps=1", "train.eval_interval=4",
-        "train.eval_steps=1", "train.log_interval=1", "train.progress=false",
-        "train.tensorboard=false", "train.plot=false", "sample.prompt=the ",
-        "sample.max_new_tokens=8",
-    ])
-    Trainer(config).fit()
-    return root / "run"
+    return tiny_char_run(tmp_path_factory.mktemp("longrun"), "model.arch=llama")
 
 
 def test_evaluate_a_llama_run_past_its_training_length(
