@@ -353,6 +353,7 @@ class Llama(nn.Module):
 
     rope_cos: Tensor  # (block_size, hs/2) float32 buffers, see _set_rope_tables
     rope_sin: Tensor
+    rope_inv_freq: Tensor  # (hs/2,) float32: the angles of positions past the tables
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -377,8 +378,10 @@ class Llama(nn.Module):
         c = self.config
         with torch.device(device):  # computed where they live (meta: shapes only)
             cos, sin = rope_cache(c.head_size, c.block_size, c.rope_theta, c.rope_scaling)
+            inv_freq = rope_frequencies(c.head_size, c.rope_theta, c.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Llama:
         # model.to(torch.bfloat16) would round the angles' cos and sin (to 3 digits: useless
@@ -490,7 +493,8 @@ class Llama(nn.Module):
         if input_pos is None:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hs/2)
         elif cache is not None and cache.pos is not None:  # a ring: positions past any table
-            cos, sin = rope_at(input_pos, cfg.head_size, cfg.rope_theta, cfg.rope_scaling)
+            cos, sin = rope_at(input_pos, cfg.head_size, cfg.rope_theta, cfg.rope_scaling,
+                               inv_freq=self.rope_inv_freq)
             window = min(cfg.sliding_window or cache.max_len, cache.max_len)
             ring_mask = ring_attention_mask(cache.pos, input_pos, window)  # (B, 1, T, S + T)
         else:

@@ -161,16 +161,19 @@ def rope_cache(head_size: int, max_len: int, theta: float = 10000.0,
 
 
 def rope_at(positions: Tensor, head_size: int, theta: float = 10000.0,
-            scaling: RopeScaling | None = None) -> tuple[Tensor, Tensor]:
+            scaling: RopeScaling | None = None, *,
+            inv_freq: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``cos`` and ``sin`` (..., hs/2), float32, at any integer ``positions`` (...): the rows of
     :func:`rope_cache` without a table, bit for bit, so a position past every table (a sliding
-    KV cache's) costs nothing to precompute.
+    KV cache's) costs nothing to precompute. ``inv_freq``: :func:`rope_frequencies`' result for
+    these settings, if the caller keeps it.
 
     >>> cos, sin = rope_at(torch.tensor([[1]]), head_size=4, theta=100.0)
     >>> sin
     tensor([[[0.8415, 0.0998]]])
     """
-    inv_freq = rope_frequencies(head_size, theta, scaling).to(positions.device)
+    if inv_freq is None:  # a model passes its own, kept on its device (no work per step)
+        inv_freq = rope_frequencies(head_size, theta, scaling).to(positions.device)
     angles = positions.to(torch.int64).float()[..., None] * inv_freq  # (..., hs/2)
     if scaling is None or scaling.type != "yarn":
         return angles.cos(), angles.sin()
